@@ -1,0 +1,46 @@
+# Every target runs in a virtual environment built from the requirements on first use.
+# It lives outside the checkout, keyed by a hash of the requirement files, so a fresh clone
+# reuses an environment that already exists on this machine and a changed requirement
+# builds a new one.
+PYTHON ?= python3
+REQ_FILES := requirements.txt requirements-dev.txt constraints.txt
+REQ_HASH := $(shell cat $(REQ_FILES) | sha256sum | cut -c1-12)
+VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/lsmix/venv-$(REQ_HASH)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.complete
+ARGS ?=
+EXP ?= quickstart
+RUNS ?= outputs/quickstart
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): $(REQ_FILES)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## Build the environment (done by every target on first use)
+	@echo "environment: $(VENV)"
+
+train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override)
+	$(PY) -m src.train $(ARGS)
+
+test: $(STAMP) ## Run the test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## The tests without the slow end-to-end ones
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## Ruff over the code
+	$(PY) -m ruff check src analysis tests
+
+clean: ## Remove run outputs and caches (keeps the environment)
+	rm -rf outputs/* multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	touch outputs/.gitkeep

@@ -1,0 +1,1 @@
+"""Label smoothing on top of Mixup under noisy labels: a Hydra benchmarking suite."""

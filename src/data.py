@@ -1,0 +1,184 @@
+"""Datasets as in-memory uint8 arrays: the bundled digits, torchvision sets and npz archives.
+
+Every loader returns channels-last uint8 images (N, H, W, C) and int64 labels. Arrays are
+cached per process, so the runs of a sweep that share a dataset load it once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "npz")
+_TORCHVISION = {
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+}
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A dataset's train and test splits, images uint8 (N, H, W, C), labels int64."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+
+_CACHE: dict[tuple, Arrays] = {}
+
+
+def load_arrays(cfg: Mapping[str, Any]) -> Arrays:
+    """Load (or fetch from the process cache) the dataset the `dataset` config names."""
+    name = cfg["name"]
+    if name not in DATASETS:
+        raise ConfigError("dataset.name", name, f"one of {list(DATASETS)}")
+    key = (name, cfg.get("npz"), cfg.get("root"))
+    if key not in _CACHE:
+        arrays = _load_uncached(cfg)
+        _check(arrays, cfg)
+        _CACHE[key] = arrays
+    return _CACHE[key]
+
+
+def _load_uncached(cfg: Mapping[str, Any]) -> Arrays:
+    name, npz = cfg["name"], cfg.get("npz")
+    if npz:
+        return load_npz(npz)
+    if name == "npz":
+        raise ConfigError("dataset.npz", npz, "a path to an .npz archive with x_train, "
+                          "y_train, x_test, y_test")
+    if name == "digits":
+        return _load_digits()
+    return _load_torchvision(name, cfg.get("root"), bool(cfg.get("download", False)))
+
+
+def _load_digits() -> Arrays:
+    """scikit-learn's 8x8 digits with a fixed stratified 80/20 split (no download)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    # Pixel values are counts 0..16; scale them to the uint8 range every loader uses.
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    return Arrays(x_tr, y_tr, x_te, y_te, source="sklearn.datasets.load_digits")
+
+
+def load_npz(path: str | Path) -> Arrays:
+    """Read an archive with x_train, y_train, x_test, y_test (or CIFAR JPEG scans)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError("dataset.npz", str(path), "an existing .npz file",
+                          hint=f"no file at {path.resolve()}")
+    with np.load(path, allow_pickle=False) as z:
+        if "jpeg_header" in z.files:
+            splits = _decode_jpeg_scans(z)
+        else:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+            if missing:
+                raise ConfigError("dataset.npz", str(path), "an archive with x_train, y_train, "
+                                  f"x_test, y_test", hint=f"missing {sorted(missing)}")
+            splits = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    for k in ("x_train", "x_test"):
+        if splits[k].ndim == 3:
+            splits[k] = splits[k][..., None]
+    return Arrays(
+        np.ascontiguousarray(splits["x_train"]), splits["y_train"].astype(np.int64),
+        np.ascontiguousarray(splits["x_test"]), splits["y_test"].astype(np.int64),
+        source=str(path),
+    )
+
+
+def _decode_jpeg_scans(z: Any) -> dict[str, np.ndarray]:
+    """Decode the compact archive that stores each image as JPEG scans after one shared header."""
+    from PIL import Image
+
+    header = z["jpeg_header"].tobytes()
+    out: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        scans, offsets = z[f"{split}_scans"].tobytes(), z[f"{split}_offsets"]
+        images = [
+            np.asarray(Image.open(io.BytesIO(header + scans[a:b] + b"\xff\xd9")).convert("RGB"))
+            for a, b in zip(offsets[:-1], offsets[1:])
+        ]
+        out[f"x_{split}"] = np.stack(images)
+        out[f"y_{split}"] = z[f"y_{split}"]
+    return out
+
+
+def _load_torchvision(name: str, root: str | None, download: bool) -> Arrays:
+    """Load a torchvision dataset from `root`, downloading only when asked."""
+    import torchvision.datasets as tvd
+
+    if not root:
+        raise ConfigError("dataset.root", root, "a folder for the torchvision files",
+                          hint="or set dataset.npz to an offline archive")
+    cls: Callable = getattr(tvd, _TORCHVISION[name])
+    try:
+        if name == "svhn":
+            tr, te = (cls(root, split=s, download=download) for s in ("train", "test"))
+        else:
+            tr, te = (cls(root, train=t, download=download) for t in (True, False))
+    except RuntimeError as err:
+        raise ConfigError(
+            "dataset.root", root, f"a folder holding torchvision's {name} files",
+            hint=f"not found under {Path(root).resolve()}: set dataset.download=true to fetch "
+                 f"them, or dataset.npz=PATH for an offline copy; torchvision said: {err}",
+        ) from None
+    return Arrays(*_tv_split(name, tr), *_tv_split(name, te), source=f"torchvision:{root}")
+
+
+def _tv_split(name: str, ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) uint8 and int64 labels of one torchvision split."""
+    if name == "svhn":
+        return np.ascontiguousarray(ds.data.transpose(0, 2, 3, 1)), np.asarray(ds.labels, np.int64)
+    x = np.asarray(ds.data)
+    if x.ndim == 3:
+        x = x[..., None]
+    return np.ascontiguousarray(x), np.asarray(ds.targets, np.int64)
+
+
+def _check(a: Arrays, cfg: Mapping[str, Any]) -> None:
+    """Fail early when the arrays do not match what the dataset config declares."""
+    c, h, w = (int(v) for v in cfg["image_shape"])
+    for split, x in (("train", a.x_train), ("test", a.x_test)):
+        if x.dtype != np.uint8:
+            raise ConfigError("dataset.npz", a.source, "uint8 images",
+                              hint=f"x_{split} has dtype {x.dtype}")
+        if tuple(x.shape[1:]) != (h, w, c):
+            raise ConfigError("dataset.image_shape", list(cfg["image_shape"]),
+                              f"the shape of the data, [{x.shape[3]}, {x.shape[1]}, {x.shape[2]}]"
+                              f" (C, H, W) for {a.source}")
+    k = int(cfg["num_classes"])
+    for split, y in (("train", a.y_train), ("test", a.y_test)):
+        if len(y) and (y.min() < 0 or y.max() >= k):
+            raise ConfigError("dataset.num_classes", k, f"more than the largest label "
+                              f"{int(y.max())} in y_{split} of {a.source}")
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) holding out `fraction` of every class, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(fraction * len(idx)))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))

@@ -1,0 +1,16 @@
+"""The one error type for bad input: it names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value (or a file it points to) that cannot be used."""
+
+    def __init__(self, key: str, value: Any, allowed: str, hint: str = "") -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        msg = f"{key}={value!r} is not valid: {allowed}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)

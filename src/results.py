@@ -1,0 +1,83 @@
+"""Run records on disk: atomic JSON writes, the per-epoch metrics log, the results object."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe values: NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file in the same folder, fsync it, then rename over `path`.
+
+    A reader never sees half a file, and a failed write (disk full) leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(obj), f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole metrics log atomically (it is small: one line per epoch)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(_clean(row)) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a metrics log (an empty list when there is none)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def is_completed(run_dir: str | Path) -> bool:
+    """Whether a run directory already holds a completed result."""
+    res = read_json(Path(run_dir) / RESULTS)
+    return bool(res) and res.get("status") == "completed"

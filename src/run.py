@@ -1,0 +1,202 @@
+"""One run from a composed config: data, noise, model, training loop and its records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from src import noise as noise_lib
+from src.augment import method_name
+from src.data import load_arrays, stratified_split
+from src.device import Execution, resolve_execution
+from src.loggers import NullLogger, make_logger
+from src.models import build_model
+from src.progress import Progress
+from src.results import METRICS, RESULTS, write_json_atomic, write_metrics
+from src.trainer import Split, Trainer, TrainData
+
+log = logging.getLogger("src.train")
+
+_DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def to_device(key: tuple, array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array as a tensor on `device`, cached so a sweep moves each dataset once."""
+    full = key + (str(device),)
+    if full not in _DEVICE_CACHE:
+        if len(_DEVICE_CACHE) > 16:
+            _DEVICE_CACHE.clear()
+        _DEVICE_CACHE[full] = torch.from_numpy(array).to(device)
+    return _DEVICE_CACHE[full]
+
+
+def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
+    """The keys that say which run this is (written into results.json and W&B)."""
+    aug, nz = cfg.augmentation, cfg.noise
+    return {
+        "experiment": cfg.task_name,
+        "group": group,
+        "run_dir": str(cfg.paths.run_dir),
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "augmentation": aug.name,
+        "method": method_name(float(aug.mixup_alpha), float(aug.smoothing)),
+        "mixup_alpha": float(aug.mixup_alpha),
+        "smoothing": float(aug.smoothing),
+        "noise": nz.name,
+        "noise_rate": float(nz.rate),
+        "noise_seed": int(nz.seed),
+        "noise_label_set": nz.get("label_set") if nz.name == "human" else None,
+        "seed": int(cfg.trainer.seed),
+        "epochs": int(cfg.trainer.epochs),
+        "val_fraction": float(cfg.dataset.get("val_fraction", 0.0)),
+    }
+
+
+def prepare_data(cfg: DictConfig, ex: Execution, run_dir: Path) -> tuple[TrainData, Any]:
+    """Load the dataset, inject label noise, hold out validation, move it all to the device."""
+    ds = cfg.dataset
+    arrays = load_arrays(ds)
+    k = int(ds.num_classes)
+    noisy = noise_lib.inject_noise(arrays.y_train, k, cfg.noise, dataset=ds.name,
+                                   images=arrays.x_train)
+    noise_lib.save_noise(noisy, run_dir, OmegaConf.to_container(cfg.noise, resolve=True))
+    dev, key = ex.device, (ds.name, ds.get("npz"), ds.get("root"))
+    x_train = to_device(key + ("x_train",), arrays.x_train, dev).permute(0, 3, 1, 2)
+    x_test = to_device(key + ("x_test",), arrays.x_test, dev).permute(0, 3, 1, 2)
+    given = torch.from_numpy(noisy.given_labels).to(dev)
+    true = torch.from_numpy(noisy.true_labels).to(dev)
+    frac, val = float(ds.get("val_fraction", 0.0)), None
+    train_idx = None
+    if frac > 0:
+        # Stratified on the labels a practitioner has: the noisy ones.
+        tr, va = stratified_split(noisy.given_labels, frac, int(ds.get("val_seed", 0)))
+        train_idx, val_idx = torch.from_numpy(tr).to(dev), torch.from_numpy(va).to(dev)
+        val = Split(x_train[val_idx], given[val_idx])
+        x_train, given, true = x_train[train_idx], given[train_idx], true[train_idx]
+    shape = (1, -1, 1, 1)
+    data = TrainData(
+        train=Split(x_train.contiguous(), given), test=Split(x_test.contiguous(),
+                                                             to_device(key + ("y_test",),
+                                                                       arrays.y_test, dev)),
+        y_true=true, val=val, num_classes=k,
+        mean=torch.tensor(list(ds.mean), device=dev).view(shape),
+        std=torch.tensor(list(ds.std), device=dev).view(shape),
+        crop_padding=int(ds.augment.crop_padding), hflip=bool(ds.augment.hflip),
+    )
+    return data, noisy
+
+
+def evaluate_epoch(trainer: Trainer, data: TrainData) -> dict[str, Any]:
+    """Test metrics, noisy-validation metrics and what the model does with the noisy labels."""
+    row: dict[str, Any] = {}
+    for k, v in trainer.evaluate(data.test).items():
+        row[f"test_{k}"] = v
+    if data.val is not None:
+        val = trainer.evaluate(data.val)
+        row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
+    pred = trainer.predict(data.train.x).argmax(-1).cpu().numpy()
+    row.update(noise_lib.noise_metrics(pred, data.train.y.cpu().numpy(),
+                                       data.y_true.cpu().numpy()))
+    return row
+
+
+def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best figures of a run from its per-epoch records."""
+    if not history:
+        return {}
+    last = history[-1]
+    best = max(history, key=lambda r: r["test_acc"])
+    out = {
+        "final_test_acc": last["test_acc"], "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"], "final_test_loss": last["test_loss"],
+        "final_test_ece": last["test_ece"], "final_memorized": last.get("memorized"),
+        "final_recovered": last.get("recovered"), "best_val_acc": None,
+        "test_acc_at_best_val": None,
+    }
+    with_val = [r for r in history if r.get("val_acc") is not None]
+    if with_val:
+        bv = max(with_val, key=lambda r: r["val_acc"])
+        out["best_val_acc"], out["test_acc_at_best_val"] = bv["val_acc"], bv["test_acc"]
+    return out
+
+
+def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
+    """Train and evaluate one configuration; return (and write) its results object."""
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(cfg, group)
+    started = _now()
+    # Bad devices, missing files and noise that does not fit the data raise ConfigError
+    # here, before a results.json exists that analysis could take for a run.
+    ex = resolve_execution(cfg.trainer)
+    data, noisy = prepare_data(cfg, ex, run_dir)
+    results: dict[str, Any] = {"status": "running", "error": None, **identity,
+                               "noise_rate_realized": noisy.realized_rate,
+                               "device": str(ex.device), "amp": ex.amp, "started_at": started}
+    history: list[dict[str, Any]] = []
+    logger = NullLogger()
+    try:
+        torch.manual_seed(int(cfg.trainer.seed))
+        in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
+        model = build_model(cfg.model, in_shape, data.num_classes).to(ex.device)
+        if ex.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        trainer = Trainer(model, data, cfg.trainer, cfg.augmentation, ex, int(cfg.trainer.seed))
+        logger = make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
+                             f"{group or cfg.task_name}/seed={cfg.trainer.seed}",
+                             str(run_dir))
+        _fit(cfg, trainer, data, history, logger, run_dir, results)
+    except BaseException as err:
+        results["status"] = "failed" if isinstance(err, Exception) else "interrupted"
+        results["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        results.update(summarise(history))
+        results["epochs_done"] = history[-1]["epoch"] if history else 0
+        results["finished_at"] = _now()
+        write_json_atomic(run_dir / RESULTS, results)
+        logger.finish({k: v for k, v in results.items() if v is not None}, results["status"])
+    return results
+
+
+def _fit(cfg: DictConfig, trainer: Trainer, data: TrainData, history: list[dict[str, Any]],
+         logger: NullLogger, run_dir: Path, results: dict[str, Any]) -> None:
+    """The epoch loop: train, evaluate when due, record, stop on a non-finite loss."""
+    epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.eval_every)
+    progress = Progress(cfg.trainer.get("progress", "auto"), epochs)
+    train_s, images = 0.0, 0
+    for epoch in range(1, epochs + 1):
+        lr = trainer.lr
+        t0 = time.perf_counter()
+        stats = trainer.train_epoch()
+        train_s, images = train_s + stats.seconds, images + stats.images
+        if not stats.finite:
+            results["status"] = "diverged"
+            results["error"] = f"non-finite training loss ({stats.loss}) in epoch {epoch}"
+            log.error("run diverged: %s", results["error"])
+            break
+        if epoch % every and epoch != epochs:
+            continue
+        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
+               **evaluate_epoch(trainer, data), "epoch_time_s": time.perf_counter() - t0,
+               "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+        history.append(row)
+        write_metrics(run_dir / METRICS, history)
+        logger.log_epoch(row)
+        progress.epoch(row)
+    else:
+        results["status"] = "completed"
+    results["train_time_s"] = train_s
+    results["images_per_s"] = images / max(train_s, 1e-9)
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,0 +1,206 @@
+"""Checks of the whole composed config before anything is trained or written.
+
+Every key has a type and an allowed range; unknown keys are rejected. Errors name the key,
+the value and what is allowed (src.errors.ConfigError).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One key's type and range, with the text that says what is allowed."""
+
+    check: Callable[[Any], bool]
+    allowed: str
+
+    def __call__(self, key: str, value: Any) -> None:
+        ok = False
+        try:
+            ok = bool(self.check(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(key, value, self.allowed)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(lo: int, hi: float = float("inf")) -> Rule:
+    hi_text = "" if hi == float("inf") else f" and <= {hi}"
+    return Rule(lambda v: _is_int(v) and lo <= v <= hi, f"an integer >= {lo}{hi_text}")
+
+
+def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    def check(v: Any) -> bool:
+        return _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    text = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    return Rule(check, text)
+
+
+def choice(*options: Any) -> Rule:
+    # Type-exact, so that true is not taken for 1 nor 1 for true.
+    return Rule(lambda v: any(type(v) is type(o) and v == o for o in options),
+                f"one of {list(options)}")
+
+
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+STR = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+OPT_STR = Rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path")
+SEED = integer(0, 2**32 - 1)
+POSITIVE = number(0, float("inf"), lo_open=True)
+NON_NEG = number(0, float("inf"))
+
+
+def list_of(rule: Rule, min_len: int = 0, exact: int | None = None) -> Rule:
+    def check(v: Any) -> bool:
+        if not isinstance(v, (list, tuple)) or len(v) < min_len:
+            return False
+        if exact is not None and len(v) != exact:
+            return False
+        return all(rule.check(x) for x in v)
+    n = f"{exact} " if exact is not None else ""
+    return Rule(check, f"a list of {n}values, each {rule.allowed}")
+
+
+DATASET = {
+    "name": choice("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "npz"),
+    "num_classes": integer(2, 100_000),
+    "image_shape": list_of(integer(1, 100_000), exact=3),
+    "mean": list_of(number(0, 1), min_len=1),
+    "std": list_of(number(0, float("inf"), lo_open=True), min_len=1),
+    "root": OPT_STR, "npz": OPT_STR, "download": BOOL,
+    "augment": {"crop_padding": integer(0, 64), "hflip": BOOL},
+    "val_fraction": number(0, 1, hi_open=True),
+    "val_seed": SEED,
+}
+AUGMENTATION = {
+    "name": choice("none", "mixup", "smoothing", "mixup_smoothing"),
+    "mixup_alpha": NON_NEG,
+    "smoothing": number(0, 1, hi_open=True),
+}
+_NOISE_COMMON = {"name": choice("none", "symmetric", "asymmetric", "pairflip", "instance",
+                                "human"),
+                 "rate": number(0, 1), "seed": SEED}
+NOISE = {
+    "none": _NOISE_COMMON,
+    "symmetric": {**_NOISE_COMMON, "include_true_class": BOOL},
+    "asymmetric": _NOISE_COMMON,
+    "pairflip": _NOISE_COMMON,
+    "instance": {**_NOISE_COMMON, "norm_std": NON_NEG},
+    "human": {**_NOISE_COMMON, "file": STR,
+              "label_set": choice("aggre", "random1", "random2", "random3", "worse")},
+}
+TRAINER = {
+    "epochs": integer(1, 100_000), "batch_size": integer(2, 10_000_000),
+    "optimizer": choice("sgd", "adamw"), "lr": number(0, 100, lo_open=True),
+    "momentum": number(0, 1, hi_open=True), "nesterov": BOOL, "weight_decay": number(0, 1),
+    "schedule": choice("cosine", "multistep", "constant"),
+    "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
+    "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),
+    "device": STR, "amp": choice("auto", "bf16", "fp16", "off"), "compile": BOOL,
+    "channels_last": choice("auto", True, False), "seed": SEED,
+    "progress": choice("auto", True, False),
+}
+LOGGER = {
+    "none": {"name": choice("none", "wandb")},
+    "wandb": {"name": choice("none", "wandb"), "project": STR, "entity": OPT_STR,
+              "group": Rule(lambda v: isinstance(v, str), "a string"),
+              "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
+              "mode": choice("online", "offline", "disabled"), "dir": OPT_STR},
+}
+ROOT = {"task_name": STR, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
+        "skip_completed": BOOL}
+
+
+def check_section(prefix: str, values: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
+    """Check every key of `values` against `spec`; unknown keys and missing keys fail."""
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in spec:
+            raise ConfigError(full, value, f"a known key of {prefix or 'the root config'}: "
+                              f"{sorted(spec)}")
+        rule = spec[key]
+        if isinstance(rule, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(full, value, f"a mapping with keys {sorted(rule)}")
+            check_section(full, value, rule)
+        else:
+            rule(full, value)
+    missing = set(spec) - set(values)
+    if missing:
+        key = f"{prefix}.{sorted(missing)[0]}" if prefix else sorted(missing)[0]
+        raise ConfigError(key, None, "a value: this key is required")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first bad value of a composed config."""
+    plain = _plain(cfg)
+    check_section("", {k: plain[k] for k in ROOT}, ROOT)
+    check_section("dataset", plain["dataset"], DATASET)
+    ds = plain["dataset"]
+    c = ds["image_shape"][0]
+    for key in ("mean", "std"):
+        if len(ds[key]) != c:
+            raise ConfigError(f"dataset.{key}", ds[key], f"one value per channel ({c})")
+    if ds["name"] == "npz" and not ds["npz"]:
+        raise ConfigError("dataset.npz", ds["npz"], "a path to an .npz archive")
+    check_section("augmentation", plain["augmentation"], AUGMENTATION)
+    nz = plain["noise"]
+    name = nz.get("name")
+    _NOISE_COMMON["name"]("noise.name", name)
+    check_section("noise", nz, NOISE[name])
+    check_section("trainer", plain["trainer"], TRAINER)
+    lg = plain["logger"]
+    LOGGER["none"]["name"]("logger.name", lg.get("name"))
+    check_section("logger", lg, LOGGER[lg["name"]])
+    check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
+
+
+def check_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, ...], k: int) -> None:
+    """Build the model on the meta device and run a forward pass: no memory, no compute."""
+    import torch
+
+    from src.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_cfg, in_shape, k)  # raises ConfigError for bad keys
+        try:
+            out = model(torch.empty(2, *in_shape))
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ConfigError("model.name", model_cfg.get("name"),
+                              f"a model that accepts images of shape {list(in_shape)} "
+                              f"(C, H, W) of this dataset", hint=str(err).splitlines()[0]) from None
+    if tuple(out.shape) != (2, k):
+        raise ConfigError("model.name", model_cfg.get("name"),
+                          f"a model with {k} outputs for this dataset, not {list(out.shape)[1:]}")
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain Python values, interpolations resolved (Hydra's own keys left out)."""
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            node = cfg[key]
+            out[key] = (OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+                        if OmegaConf.is_config(node) else node)
+        except Exception as err:  # a missing mandatory value (???) or a broken interpolation
+            full = getattr(err, "full_key", "") or key
+            raise ConfigError(str(full), "???", "a value: this key must be set") from None
+    return out
+

@@ -1,0 +1,41 @@
+"""Shared test helpers: compose the real config tree with overrides, run tiny trainings."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Tiny, fast settings for real training runs on the bundled digits.
+TINY = ["trainer.epochs=2", "trainer.batch_size=64", "model=cnn", "model.channels=[8,16]",
+        "trainer.progress=false"]
+
+
+def make_cfg(overrides: list[str], run_dir: Path | None = None,
+             hydra_config: bool = False) -> DictConfig:
+    """Compose conf/config.yaml with overrides; run_dir replaces Hydra's output folder."""
+    extra = [f"paths.run_dir={run_dir}"] if run_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides + extra, return_hydra_config=hydra_config)
+
+
+def run_module(args: list[str], cwd: Path, timeout: int = 300, env_extra: dict | None = None):
+    """Run `python -m src.train ARGS` in a subprocess from `cwd`."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
+           "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    return list(TINY)
