@@ -13,7 +13,7 @@ EXP ?= quickstart
 RUNS ?= outputs/quickstart
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint clean
+.PHONY: help install train test test-fast lint clean venv-path
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ clean: ## Remove run outputs and caches (keeps the environment)
 	rm -rf outputs/* multirun .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	touch outputs/.gitkeep
+
+venv-path: ## Print the environment's folder
+	@echo $(VENV)

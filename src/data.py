@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ def load_npz(path: str | Path) -> Arrays:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
             if missing:
                 raise ConfigError("dataset.npz", str(path), "an archive with x_train, y_train, "
-                                  f"x_test, y_test", hint=f"missing {sorted(missing)}")
+                                  "x_test, y_test", hint=f"missing {sorted(missing)}")
             splits = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     for k in ("x_train", "x_test"):
         if splits[k].ndim == 3:
@@ -172,7 +173,8 @@ def _check(a: Arrays, cfg: Mapping[str, Any]) -> None:
                               f"{int(y.max())} in y_{split} of {a.source}")
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) holding out `fraction` of every class, drawn from `seed`."""
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []

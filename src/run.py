@@ -20,7 +20,7 @@ from src.loggers import NullLogger, make_logger
 from src.models import build_model
 from src.progress import Progress
 from src.results import METRICS, RESULTS, write_json_atomic, write_metrics
-from src.trainer import Split, Trainer, TrainData
+from src.trainer import Split, TrainData, Trainer
 
 log = logging.getLogger("src.train")
 

@@ -6,10 +6,12 @@ the value and what is allowed (src.errors.ConfigError).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from src.errors import ConfigError
 
@@ -199,8 +201,11 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
             node = cfg[key]
             out[key] = (OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
                         if OmegaConf.is_config(node) else node)
-        except Exception as err:  # a missing mandatory value (???) or a broken interpolation
-            full = getattr(err, "full_key", "") or key
-            raise ConfigError(str(full), "???", "a value: this key must be set") from None
+        except MissingMandatoryValue as err:
+            raise ConfigError(str(err.full_key or key), "???", "a value: this key must be set",
+                              ) from None
+        except OmegaConfBaseException as err:  # an interpolation that cannot be resolved
+            raise ConfigError(str(err.full_key or key), "${...}", "a resolvable value",
+                              hint=str(err).splitlines()[0]) from None
     return out
 

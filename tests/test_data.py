@@ -1,0 +1,124 @@
+"""Dataset loading: bundled digits, npz archives (plain and JPEG scans), clear errors."""
+
+import io
+
+import numpy as np
+import pytest
+
+from src import data
+from src.data import load_arrays, load_npz, stratified_split
+from src.errors import ConfigError
+
+
+def _cfg(**kw):
+    base = {"name": "npz", "num_classes": 3, "image_shape": [1, 6, 6], "npz": None,
+            "root": None, "download": False}
+    return {**base, **kw}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    data._CACHE.clear()
+    yield
+    data._CACHE.clear()
+
+
+def _write_npz(path, n=12, shape=(6, 6), k=3, dtype=np.uint8):
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n, *shape)).astype(dtype),
+             y_train=np.arange(n) % k, x_test=rng.integers(0, 256, (n // 2, *shape)).astype(dtype),
+             y_test=np.arange(n // 2) % k)
+
+
+def test_digits_are_bundled_uint8_with_a_fixed_split():
+    a = load_arrays({"name": "digits", "num_classes": 10, "image_shape": [1, 8, 8]})
+    assert a.x_train.shape == (1437, 8, 8, 1) and a.x_test.shape == (360, 8, 8, 1)
+    assert a.x_train.dtype == np.uint8 and a.x_train.max() == 255
+    assert np.bincount(a.y_test).min() >= 35  # stratified: every class in the test split
+
+
+def test_npz_grayscale_channels_last(tmp_path):
+    _write_npz(tmp_path / "d.npz")
+    a = load_arrays(_cfg(npz=str(tmp_path / "d.npz")))
+    assert a.x_train.shape == (12, 6, 6, 1) and a.y_train.dtype == np.int64
+
+
+def test_npz_is_cached_per_process(tmp_path):
+    _write_npz(tmp_path / "d.npz")
+    cfg = _cfg(npz=str(tmp_path / "d.npz"))
+    assert load_arrays(cfg) is load_arrays(cfg)
+
+
+def test_npz_missing_file_names_key_and_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset\.npz=.*nope\.npz"):
+        load_arrays(_cfg(npz=str(tmp_path / "nope.npz")))
+
+
+def test_npz_missing_arrays_are_named(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 6, 6), np.uint8))
+    with pytest.raises(ConfigError, match="missing.*x_test"):
+        load_npz(tmp_path / "d.npz")
+
+
+def test_image_shape_mismatch_is_reported(tmp_path):
+    _write_npz(tmp_path / "d.npz", shape=(5, 5))
+    with pytest.raises(ConfigError, match=r"dataset\.image_shape"):
+        load_arrays(_cfg(npz=str(tmp_path / "d.npz")))
+
+
+def test_float_images_are_rejected(tmp_path):
+    _write_npz(tmp_path / "d.npz", dtype=np.float32)
+    with pytest.raises(ConfigError, match="uint8"):
+        load_arrays(_cfg(npz=str(tmp_path / "d.npz")))
+
+
+def test_labels_beyond_num_classes_are_rejected(tmp_path):
+    _write_npz(tmp_path / "d.npz", k=5)
+    with pytest.raises(ConfigError, match=r"dataset\.num_classes"):
+        load_arrays(_cfg(npz=str(tmp_path / "d.npz")))
+
+
+def test_jpeg_scan_archive_is_decoded(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    blobs = []
+    for im in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=95)
+        blobs.append(buf.getvalue())
+    # The archive layout: one shared header, per-image scans, EOI appended on decode.
+    sos = blobs[0].index(b"\xff\xda")
+    header = blobs[0][:sos]
+    assert all(b[:sos] == header for b in blobs)
+    scans = [b[sos:-2] for b in blobs]
+    offsets = np.cumsum([0] + [len(s) for s in scans])
+    flat = np.frombuffer(b"".join(scans), np.uint8)
+    np.savez(tmp_path / "c.npz", jpeg_header=np.frombuffer(header, np.uint8),
+             train_scans=flat, train_offsets=offsets, test_scans=flat, test_offsets=offsets,
+             y_train=np.array([0, 1, 2]), y_test=np.array([2, 1, 0]))
+    a = load_npz(tmp_path / "c.npz")
+    assert a.x_train.shape == (3, 32, 32, 3) and a.x_train.dtype == np.uint8
+    direct = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+    assert np.array_equal(a.x_train, direct)  # the same pixels as decoding each whole JPEG
+
+
+def test_torchvision_missing_files_name_the_path(tmp_path):
+    cfg = _cfg(name="mnist", image_shape=[1, 28, 28], num_classes=10, root=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"dataset\.root=.*download=true"):
+        load_arrays(cfg)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ConfigError, match=r"dataset\.name='imagenet'"):
+        load_arrays(_cfg(name="imagenet"))
+
+
+def test_stratified_split_holds_out_each_class():
+    y = np.repeat(np.arange(4), 50)
+    tr, va = stratified_split(y, 0.2, seed=3)
+    assert len(va) == 40 and np.bincount(y[va]).tolist() == [10] * 4
+    assert not set(tr) & set(va) and len(tr) + len(va) == 200
+    assert np.array_equal(va, stratified_split(y, 0.2, seed=3)[1])
+    assert not np.array_equal(va, stratified_split(y, 0.2, seed=4)[1])

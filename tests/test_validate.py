@@ -1,0 +1,72 @@
+"""Bad input fails before training with a message naming the key, the value and what is allowed."""
+
+import pytest
+
+from src.errors import ConfigError
+from src.validate import validate
+from tests.conftest import make_cfg
+
+# (overrides, key the message must name)
+BAD = [
+    (["augmentation.smoothing=1.0"], "augmentation.smoothing"),
+    (["augmentation.smoothing=-0.1"], "augmentation.smoothing"),
+    (["augmentation.smoothing=abc"], "augmentation.smoothing"),
+    (["augmentation.mixup_alpha=-1"], "augmentation.mixup_alpha"),
+    (["augmentation.mixup_alpha=true"], "augmentation.mixup_alpha"),
+    (["noise=symmetric", "noise.rate=1.5"], "noise.rate"),
+    (["noise=symmetric", "noise.rate=-0.2"], "noise.rate"),
+    (["noise=symmetric", "noise.seed=-1"], "noise.seed"),
+    (["noise=symmetric", "noise.include_true_class=maybe"], "noise.include_true_class"),
+    (["noise=human", "noise.label_set=best"], "noise.label_set"),
+    (["trainer.batch_size=1"], "trainer.batch_size"),
+    (["trainer.batch_size=0.5"], "trainer.batch_size"),
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["trainer.epochs=ten"], "trainer.epochs"),
+    (["trainer.lr=0"], "trainer.lr"),
+    (["trainer.lr=-0.1"], "trainer.lr"),
+    (["trainer.momentum=1.0"], "trainer.momentum"),
+    (["trainer.weight_decay=-1"], "trainer.weight_decay"),
+    (["trainer.optimizer=adam"], "trainer.optimizer"),
+    (["trainer.schedule=linear"], "trainer.schedule"),
+    (["trainer.amp=fp8"], "trainer.amp"),
+    (["trainer.gamma=0"], "trainer.gamma"),
+    (["trainer.eval_every=0"], "trainer.eval_every"),
+    (["trainer.seed=-3"], "trainer.seed"),
+    (["trainer.milestones=[0.5,-1]"], "trainer.milestones"),
+    (["trainer.compile=yes"], "trainer.compile"),
+    (["dataset.val_fraction=1.0"], "dataset.val_fraction"),
+    (["dataset.num_classes=1"], "dataset.num_classes"),
+    (["dataset.image_shape=[1,8]"], "dataset.image_shape"),
+    (["dataset.mean=[0.1,0.2]"], "dataset.mean"),
+    (["dataset.augment.crop_padding=-2"], "dataset.augment.crop_padding"),
+    (["dataset=npz"], "dataset.npz"),
+    (["logger=wandb", "logger.mode=sometimes"], "logger.mode"),
+    (["model.channels=[0,8]"], "model.channels"),
+    (["model=mlp", "model.dropout=1.5"], "model.dropout"),
+    (["model=wide_resnet", "model.depth=27"], "model.depth"),
+    (["+model.width_multiplier=2"], "model.width_multiplier"),
+    (["+trainer.lr_max=2"], "trainer.lr_max"),
+    (["skip_completed=perhaps"], "skip_completed"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_names_key_value_and_allowed(overrides, key):
+    cfg = make_cfg(overrides, run_dir="/nonexistent/never-written")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    msg = str(info.value)
+    assert msg.startswith(f"{key}="), msg
+    assert "not valid:" in msg
+
+
+def test_normalisation_must_have_one_value_per_channel():
+    cfg = make_cfg(["dataset.image_shape=[3,8,8]"], run_dir="/nonexistent")
+    with pytest.raises(ConfigError, match=r"dataset\.mean"):
+        validate(cfg)
+
+
+def test_good_configs_pass():
+    for overrides in ([], ["augmentation=mixup_smoothing"], ["noise=symmetric", "model=mlp"],
+                      ["model=lstm", "logger=wandb", "logger.mode=offline"]):
+        validate(make_cfg(overrides, run_dir="/nonexistent"))
