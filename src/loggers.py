@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("online", "offline", "disabled")
+_SERVER_DOWN = False  # set once W&B failed to connect in this process
 
 
 class NullLogger:
@@ -36,13 +38,21 @@ class WandbLogger(NullLogger):
                       config=config, dir=str(cfg.get("dir") or run_dir), job_type="train",
                       reinit="finish_previous")
         os.makedirs(kwargs["dir"], exist_ok=True)
+        global _SERVER_DOWN
+        if mode == "online" and _SERVER_DOWN:
+            mode = "offline"  # said once already; later jobs of the sweep need not wait again
         try:
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=30), **kwargs)
+            timeout = float(cfg.get("init_timeout", 60))
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout),
+                                  **kwargs)
         except Exception as err:  # network down, no credentials: keep training, keep the run
             if mode != "online":
                 raise
-            log.warning("W&B could not reach its server (%s); logging offline. Sync later "
-                        "with: wandb sync %s", err, kwargs["dir"])
+            _SERVER_DOWN = True
+            log.warning("W&B is unreachable (%s: %s). Training goes on and the runs of this "
+                        "process are kept offline; upload them later with: wandb sync %s",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "",
+                        Path(kwargs["dir"]) / "wandb" / "offline-run-*")
             self.run = wandb.init(mode="offline", **kwargs)
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import noise as noise_lib
 from src.augment import method_name
+from src.checkpoint import (
+    fingerprint,
+    load_checkpoint,
+    remove_checkpoints,
+    restore_trainer,
+    save_checkpoint,
+    trainer_state,
+)
 from src.data import load_arrays, stratified_split
 from src.device import Execution, resolve_execution
 from src.loggers import NullLogger, make_logger
 from src.models import build_model
+from src.preempt import Preempted, StopFlag, catch_preemption
 from src.progress import Progress
 from src.results import METRICS, RESULTS, write_json_atomic, write_metrics
 from src.trainer import Split, TrainData, Trainer
@@ -142,7 +152,7 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
                                "noise_rate_realized": noisy.realized_rate,
                                "device": str(ex.device), "amp": ex.amp, "started_at": started}
     history: list[dict[str, Any]] = []
-    logger = NullLogger()
+    logger: NullLogger = NullLogger()
     try:
         torch.manual_seed(int(cfg.trainer.seed))
         in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
@@ -150,10 +160,18 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
         if ex.channels_last:
             model = model.to(memory_format=torch.channels_last)
         trainer = Trainer(model, data, cfg.trainer, cfg.augmentation, ex, int(cfg.trainer.seed))
+        state = _resume(cfg, trainer, run_dir)
+        history = state.history
         logger = make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
                              f"{group or cfg.task_name}/seed={cfg.trainer.seed}",
                              str(run_dir))
-        _fit(cfg, trainer, data, history, logger, run_dir, results)
+        with catch_preemption() as stop:
+            _fit(cfg, trainer, data, state, logger, run_dir, results, stop)
+        if results["status"] == "completed" and not cfg.trainer.keep_checkpoint:
+            remove_checkpoints(run_dir)
+    except Preempted as err:
+        results["status"], results["error"] = "interrupted", str(err)
+        raise
     except BaseException as err:
         results["status"] = "failed" if isinstance(err, Exception) else "interrupted"
         results["error"] = f"{type(err).__name__}: {err}"
@@ -163,39 +181,85 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
         results["epochs_done"] = history[-1]["epoch"] if history else 0
         results["finished_at"] = _now()
         write_json_atomic(run_dir / RESULTS, results)
-        logger.finish({k: v for k, v in results.items() if v is not None}, results["status"])
+        _finish_logger(logger, results)
     return results
 
 
-def _fit(cfg: DictConfig, trainer: Trainer, data: TrainData, history: list[dict[str, Any]],
-         logger: NullLogger, run_dir: Path, results: dict[str, Any]) -> None:
-    """The epoch loop: train, evaluate when due, record, stop on a non-finite loss."""
+@dataclass
+class RunState:
+    """Where a run stands: completed epochs, their records, training time and images."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    images: int = 0
+
+
+def _resume(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> RunState:
+    """Continue from the run's checkpoint when there is a good one, else start fresh."""
+    ckpt = load_checkpoint(run_dir, fingerprint(cfg))
+    if ckpt is None:
+        return RunState()
+    restore_trainer(trainer, ckpt["trainer"])
+    state = RunState(**ckpt["run"])
+    write_metrics(run_dir / METRICS, state.history)  # drop epochs logged after the checkpoint
+    log.info("resuming %s after epoch %d%s", run_dir, state.epoch,
+             " (inside the next epoch)" if trainer.epoch_state else "")
+    return state
+
+
+def _checkpoint(cfg: DictConfig, trainer: Trainer, state: RunState, run_dir: Path) -> None:
+    save_checkpoint(run_dir, {"fingerprint": fingerprint(cfg), "trainer": trainer_state(trainer),
+                              "run": asdict(state)})
+
+
+def _fit(cfg: DictConfig, trainer: Trainer, data: TrainData, state: RunState,
+         logger: NullLogger, run_dir: Path, results: dict[str, Any], stop: StopFlag) -> None:
+    """The epoch loop: train, evaluate when due, record, checkpoint; stop on a non-finite
+    loss (diverged) or a pre-emption signal (checkpoint, then Preempted)."""
     epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.eval_every)
+    ckpt_every = int(cfg.trainer.checkpoint_every)
     progress = Progress(cfg.trainer.get("progress", "auto"), epochs)
-    train_s, images = 0.0, 0
-    for epoch in range(1, epochs + 1):
-        lr = trainer.lr
+    for epoch in range(state.epoch + 1, epochs + 1):
         t0 = time.perf_counter()
-        stats = trainer.train_epoch()
-        train_s, images = train_s + stats.seconds, images + stats.images
+        stats = trainer.train_epoch(stop)
+        state.train_s += stats.seconds
+        if stats.interrupted:
+            _checkpoint(cfg, trainer, state, run_dir)
+            stop.raise_if_set()
+        state.images += stats.images
         if not stats.finite:
             results["status"] = "diverged"
             results["error"] = f"non-finite training loss ({stats.loss}) in epoch {epoch}"
             log.error("run diverged: %s", results["error"])
             break
-        if epoch % every and epoch != epochs:
-            continue
-        row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "lr": lr,
-               **evaluate_epoch(trainer, data), "epoch_time_s": time.perf_counter() - t0,
-               "images_per_s": stats.images / max(stats.seconds, 1e-9)}
-        history.append(row)
-        write_metrics(run_dir / METRICS, history)
-        logger.log_epoch(row)
-        progress.epoch(row)
+        if epoch % every == 0 or epoch == epochs:
+            row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
+                   "lr": stats.lr, **evaluate_epoch(trainer, data),
+                   "epoch_time_s": time.perf_counter() - t0,
+                   "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+            state.history.append(row)
+            write_metrics(run_dir / METRICS, state.history)
+            logger.log_epoch(row)
+            progress.epoch(row)
+        state.epoch = epoch
+        last = epoch == epochs
+        if (ckpt_every and epoch % ckpt_every == 0 and not last) or (
+                last and cfg.trainer.keep_checkpoint):
+            _checkpoint(cfg, trainer, state, run_dir)
+        stop.raise_if_set()  # a signal during evaluation: the checkpoint above is current
     else:
         results["status"] = "completed"
-    results["train_time_s"] = train_s
-    results["images_per_s"] = images / max(train_s, 1e-9)
+    results["train_time_s"] = state.train_s
+    results["images_per_s"] = state.images / max(state.train_s, 1e-9)
+
+
+def _finish_logger(logger: NullLogger, results: dict[str, Any]) -> None:
+    """Close the external logger; its failure must not hide the run's own outcome."""
+    try:
+        logger.finish({k: v for k, v in results.items() if v is not None}, results["status"])
+    except Exception as err:
+        log.warning("closing the logger failed: %s", err)
 
 
 def _now() -> str:

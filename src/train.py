@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.errors import ConfigError
+from src.preempt import EXIT_RESUMABLE, Preempted
 from src.results import RESULTS, is_completed, read_json
 from src.validate import validate
 
@@ -51,26 +52,48 @@ def _drop_empty_run_dir(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+_FAILED_JOBS: list[str] = []
+# An absolute path, so the entry works however it is imported (module, test, launcher).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra's entry: returns the final test accuracy (for sweepers that optimise it)."""
     group, multirun = _hydra_context()
+    run_dir = Path(cfg.paths.run_dir)
     try:
         results = train(cfg, group=group)
     except ConfigError as err:
-        _drop_empty_run_dir(Path(cfg.paths.run_dir))
+        _drop_empty_run_dir(run_dir)
         print(f"Configuration error: {err}. Nothing was trained.", file=sys.stderr)
-        if multirun:
-            return None
-        sys.exit(2)
-    except Exception:
+        if not multirun:
+            sys.exit(2)
+        _FAILED_JOBS.append(f"{run_dir}: {err}")
+        return None
+    except Preempted as err:
+        log.warning("%s: checkpoint saved in %s", err, run_dir)
+        err.hand_on()  # submitit requeues the job from its own handler
+        sys.exit(EXIT_RESUMABLE)  # the whole sweep stops: the machine is going away
+    except Exception as err:
         # The run's results.json already says failed, with the error.
         log.exception("run failed")
-        if multirun:
-            return None  # one failed job must not end the sweep
-        raise
+        if not multirun:
+            sys.exit(1)
+        _FAILED_JOBS.append(f"{run_dir}: {type(err).__name__}: {err}")
+        return None  # one failed job must not end the sweep
     return results.get("final_test_acc")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Run Hydra's main; a sweep with failed jobs ends with a non-zero exit code."""
     main()
+    if _FAILED_JOBS:
+        print(f"{len(_FAILED_JOBS)} job(s) did not complete:", file=sys.stderr)
+        for line in _FAILED_JOBS:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,14 +51,15 @@ class TrainData:
 
 @dataclass
 class EpochStats:
-    """Training loss and accuracy of one epoch, and its throughput."""
+    """Training loss and accuracy of one epoch, its throughput and its starting lr."""
 
     loss: float
     acc: float
     seconds: float
     images: int
+    lr: float
     finite: bool = True
-    extra: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.device):
@@ -119,6 +120,7 @@ class Trainer:
         # Every random draw of the run comes from these two generators, seeded by the run.
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
+        self.epoch_state: dict[str, Any] | None = None  # a paused epoch (see train_epoch)
         self.forward = model
         if bool(cfg.get("compile", False)):
             self.forward = torch.compile(model)
@@ -137,39 +139,61 @@ class Trainer:
             x = random_hflip(x, self.gen)
         return x
 
-    def train_epoch(self) -> EpochStats:
-        """One pass over the training set in fixed-size shuffled batches."""
-        self.model.train()
-        bs, steps = self.batch_size, self.steps_per_epoch
+    def begin_epoch(self) -> None:
+        """Draw the epoch's sample order and Mixup lambdas (the state a checkpoint keeps)."""
+        steps = self.steps_per_epoch
         order = torch.randperm(len(self.data.train), generator=self.gen, device=self.device)
         lams = None
         if self.alpha > 0:
             # Drawn on the host for the whole epoch and sent once: no sync inside the step.
             lams = torch.from_numpy(self.np_rng.beta(self.alpha, self.alpha, steps)).float()
             lams = lams.to(self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        correct_sum = torch.zeros((), device=self.device)
+        zero = torch.zeros((), device=self.device)
+        self.epoch_state = {"order": order, "lams": lams, "step": 0, "loss_sum": zero.clone(),
+                            "correct_sum": zero.clone(), "seconds": 0.0, "lr": self.lr}
+
+    def train_epoch(self, stop: Callable[[], bool] | None = None) -> EpochStats:
+        """One pass over the training set in fixed-size shuffled batches.
+
+        `stop` is polled between steps (a flag set by a signal handler): when it says so the
+        epoch pauses with `interrupted` set, and `epoch_state` holds what resuming needs.
+        """
+        self.model.train()
+        if self.epoch_state is None:
+            self.begin_epoch()
+        st = self.epoch_state
+        bs, steps = self.batch_size, self.steps_per_epoch
         one = torch.ones((), device=self.device)
         start = time.perf_counter()
-        for i in range(steps):
-            idx = order[i * bs:(i + 1) * bs]
+        interrupted = False
+        while st["step"] < steps:
+            if stop is not None and stop():
+                interrupted = True
+                break
+            i = st["step"]
+            idx = st["order"][i * bs:(i + 1) * bs]
             x = self.normalise(self.augment(self.data.train.x[idx]))
             y = y2 = self.data.train.y[idx]
             lam = one
-            if lams is not None:
-                lam = lams[i]
+            if st["lams"] is not None:
+                lam = st["lams"][i]
                 perm = torch.randperm(bs, generator=self.gen, device=self.device)
                 x = lam * x + (1 - lam) * x[perm]
                 y2 = y[perm]
             loss, correct = self.step(x, y, y2, lam)
-            loss_sum += loss
-            correct_sum += correct
+            st["loss_sum"] += loss
+            st["correct_sum"] += correct
+            st["step"] = i + 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        total = float(loss_sum) / steps
-        return EpochStats(total, float(correct_sum) / (steps * bs), seconds, steps * bs,
-                          finite=math.isfinite(total))
+        st["seconds"] += time.perf_counter() - start
+        if interrupted:
+            return EpochStats(float("nan"), float("nan"), st["seconds"], 0, st["lr"],
+                              interrupted=True)
+        self.epoch_state = None
+        total = float(st["loss_sum"]) / steps
+        return EpochStats(total, float(st["correct_sum"]) / (steps * bs), st["seconds"],
+                          steps * bs, st["lr"], finite=math.isfinite(total))
 
     def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
              lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,13 +116,15 @@ TRAINER = {
     "device": STR, "amp": choice("auto", "bf16", "fp16", "off"), "compile": BOOL,
     "channels_last": choice("auto", True, False), "seed": SEED,
     "progress": choice("auto", True, False),
+    "checkpoint_every": integer(0), "keep_checkpoint": BOOL,
 }
 LOGGER = {
     "none": {"name": choice("none", "wandb")},
     "wandb": {"name": choice("none", "wandb"), "project": STR, "entity": OPT_STR,
               "group": Rule(lambda v: isinstance(v, str), "a string"),
               "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
-              "mode": choice("online", "offline", "disabled"), "dir": OPT_STR},
+              "mode": choice("online", "offline", "disabled"), "dir": OPT_STR,
+              "init_timeout": POSITIVE},
 }
 ROOT = {"task_name": STR, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
         "skip_completed": BOOL}
