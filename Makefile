@@ -13,7 +13,7 @@ EXP ?= quickstart
 RUNS ?= outputs/quickstart
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint clean venv-path
+.PHONY: help install train demo sweep analysis test test-fast lint clean venv-path
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,16 @@ install: $(STAMP) ## Build the environment (done by every target on first use)
 
 train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override)
 	$(PY) -m src.train $(ARGS)
+
+demo: $(STAMP) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores)
+	$(PY) -m src.train +experiment=quickstart $(ARGS)
+	@cat outputs/quickstart/analysis/report.md
+
+sweep: $(STAMP) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."]
+	$(PY) -m src.train +experiment=$(EXP) $(ARGS)
+
+analysis: $(STAMP) ## Tables, plots and report of finished runs: make analysis RUNS=outputs/NAME
+	$(PY) -m analysis $(RUNS)
 
 test: $(STAMP) ## Run the test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)

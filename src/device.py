@@ -37,11 +37,18 @@ class Execution:
         return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
 
-def resolve_device(spec: str) -> torch.device:
-    """`auto` picks CUDA when there is one; `cuda` without a GPU is an error, not a fallback."""
+def resolve_device(spec: str, spread: int | None = None) -> torch.device:
+    """`auto` picks CUDA when there is one; `cuda` without a GPU is an error, not a fallback.
+
+    `spread` is the job number of a parallel launcher: `auto` then puts job i on GPU
+    i mod (number of GPUs), so parallel jobs share the GPUs instead of piling onto one.
+    """
     spec = str(spec)
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        n = torch.cuda.device_count()
+        return torch.device("cuda", spread % n if spread is not None and n > 1 else 0)
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
@@ -66,9 +73,9 @@ def resolve_amp(spec: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if spec == "bf16" else torch.float16
 
 
-def resolve_execution(trainer_cfg: Mapping[str, Any]) -> Execution:
-    """Device, precision and layout from the trainer config."""
-    device = resolve_device(trainer_cfg["device"])
+def resolve_execution(trainer_cfg: Mapping[str, Any], spread: int | None = None) -> Execution:
+    """Device, precision and layout from the trainer config (`spread`: see resolve_device)."""
+    device = resolve_device(trainer_cfg["device"], spread)
     cl = trainer_cfg.get("channels_last", "auto")
     channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
     return Execution(device, resolve_amp(str(trainer_cfg["amp"]), device), channels_last)

@@ -146,7 +146,7 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     started = _now()
     # Bad devices, missing files and noise that does not fit the data raise ConfigError
     # here, before a results.json exists that analysis could take for a run.
-    ex = resolve_execution(cfg.trainer)
+    ex = resolve_execution(cfg.trainer, parallel_job_number())
     data, noisy = prepare_data(cfg, ex, run_dir)
     results: dict[str, Any] = {"status": "running", "error": None, **identity,
                                "noise_rate_realized": noisy.realized_rate,
@@ -260,6 +260,19 @@ def _finish_logger(logger: NullLogger, results: dict[str, Any]) -> None:
         logger.finish({k: v for k, v in results.items() if v is not None}, results["status"])
     except Exception as err:
         log.warning("closing the logger failed: %s", err)
+
+
+def parallel_job_number() -> int | None:
+    """The job's number in a sweep run by a parallel launcher (joblib, submitit), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    target = str(hc.launcher.get("_target_", ""))
+    if hc.mode is None or "BasicLauncher" in target or not target:
+        return None
+    return int(hc.job.num)
 
 
 def _now() -> str:
