@@ -8,15 +8,12 @@ as a fallback. Loading never runs code from the file (`torch.load(weights_only=T
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from src.trainer import Trainer
 
@@ -24,21 +21,6 @@ log = logging.getLogger("src.train")
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
-# Keys that change how a run is executed or reported, not what it computes.
-_NOT_IDENTITY = {"progress", "device", "eval_batch_size", "compile", "checkpoint_every",
-                 "keep_checkpoint"}
-
-
-def fingerprint(cfg: DictConfig) -> str:
-    """A hash of the settings that define the run's numbers; a checkpoint must match it."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True)
-             for k in ("dataset", "model", "augmentation", "noise")}
-    parts["trainer"] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                        if k not in _NOT_IDENTITY}
-    for key in ("root", "npz", "download"):
-        parts["dataset"].pop(key, None)
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def trainer_state(trainer: Trainer) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from src import noise as noise_lib
 from src.augment import method_name
 from src.checkpoint import (
-    fingerprint,
     load_checkpoint,
     remove_checkpoints,
     restore_trainer,
@@ -25,6 +24,7 @@ from src.checkpoint import (
 )
 from src.data import load_arrays, stratified_split
 from src.device import Execution, resolve_execution
+from src.fingerprint import fingerprint
 from src.loggers import NullLogger, make_logger
 from src.models import build_model
 from src.preempt import Preempted, StopFlag, catch_preemption
@@ -150,7 +150,13 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     data, noisy = prepare_data(cfg, ex, run_dir)
     results: dict[str, Any] = {"status": "running", "error": None, **identity,
                                "noise_rate_realized": noisy.realized_rate,
-                               "device": str(ex.device), "amp": ex.amp, "started_at": started}
+                               # Human noise has no requested rate: the file's rate is the rate.
+                               **({"noise_rate": noisy.realized_rate}
+                                  if cfg.noise.name == "human" else {}),
+                               "device": str(ex.device), "amp": ex.amp, "started_at": started,
+                               "config_fingerprint": fingerprint(cfg)}
+    # The exact config of these results, beside them (Hydra's .hydra/ is rewritten on reruns).
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     history: list[dict[str, Any]] = []
     logger: NullLogger = NullLogger()
     try:

@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from src.errors import ConfigError
+from src.fingerprint import fingerprint
 from src.preempt import EXIT_RESUMABLE, Preempted
 from src.results import RESULTS, is_completed, read_json
 from src.validate import validate
@@ -30,8 +31,15 @@ def train(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
     if cfg.skip_completed and is_completed(run_dir):
+        done = read_json(run_dir / RESULTS) or {}
+        if done.get("config_fingerprint") != fingerprint(cfg):
+            # Hydra has rewritten .hydra/ already; results.json and config.yaml beside it
+            # still describe the run that produced them, and they are kept as they are.
+            raise ConfigError("skip_completed", True, "false to overwrite, or another sweep "
+                              "folder", hint=f"{run_dir} holds a completed run of a different "
+                              "configuration (see its config.yaml)")
         log.info("skipping %s: results.json says completed", run_dir)
-        return read_json(run_dir / RESULTS) or {}
+        return done
     from src.run import run  # torch is imported only once the config is known to be good
 
     return run(cfg, group=group)

@@ -152,3 +152,13 @@ def test_cli_multirun_writes_under_outputs(tmp_path):
     assert not (tmp_path / "multirun").exists()
     found = sorted(p.parent.name for p in (tmp_path / "outputs").rglob("results.json"))
     assert found == ["seed=0", "seed=1"]
+
+
+def test_completed_run_of_another_config_is_not_skipped_silently(tmp_path):
+    from src.errors import ConfigError
+
+    _train(tmp_path, [])
+    with pytest.raises(ConfigError, match="skip_completed"):
+        _train(tmp_path, ["trainer.lr=0.01"])
+    assert read_json(tmp_path / "run" / "results.json")["status"] == "completed"
+    assert (tmp_path / "run" / "config.yaml").read_text().count("lr: 0.1") == 1
