@@ -1,0 +1,39 @@
+"""CLI: python -m analysis PATH... [--out DIR] [--wandb] [--quiet] [--allow-duplicates]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="ε × α tables, plots and a report from finished runs (results.json).")
+    ap.add_argument("paths", nargs="+", help="study folders or run folders")
+    ap.add_argument("--out", help="output folder (default: <first PATH>/analysis)")
+    ap.add_argument("--wandb", action="store_true", help="also push the tables to W&B "
+                    "(mode from WANDB_MODE)")
+    ap.add_argument("--quiet", action="store_true", help="print only counts and the report path")
+    ap.add_argument("--allow-duplicates", action="store_true",
+                    help="keep the newest of runs with the same config and seed")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the analysis; bad input is one line on stderr and exit status 1."""
+    args = parse_args(argv)
+    from analysis import AnalysisError, analyse  # after --help: pandas and matplotlib are slow
+
+    try:
+        analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
+                allow_duplicates=args.allow_duplicates)
+    except AnalysisError as err:
+        print(f"analysis error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""analyse(): load, aggregate, write tables, plots and report, print, optionally push to W&B."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots, questions
+from analysis.aggregate import (
+    Panel,
+    add_panel_ids,
+    fmt_value,
+    group_keys,
+    make_panels,
+    panel_keys,
+    slug,
+    summarise,
+)
+from analysis.load import Runs, load_runs
+from analysis.report import Findings, write_report
+from analysis.schema import KNOWN_CONFIG
+from analysis.tables import TABLE_METRICS, Grid, grid, grid_frame, to_markdown, write_grid
+
+
+def default_out(paths: Sequence[str | Path]) -> Path:
+    """<first path>/analysis (the folder, when a results.json file was given)."""
+    first = Path(paths[0])
+    return (first.parent if first.is_file() else first) / "analysis"
+
+
+def write_grids(panels: list[Panel], out: Path) -> dict[str, list[Grid]]:
+    """Every non-empty ε × α table of every panel as .md, .tex and heatmap .png."""
+    grids: dict[str, list[Grid]] = {}
+    for p in panels:
+        grids[p.label] = [g for g in (grid(p, m) for m in TABLE_METRICS) if not g.empty]
+        for g in grids[p.label]:
+            write_grid(g, p, out / "tables")
+            plots.heatmap(g, p, out / "plots" / f"{p.slug}__{g.metric}__heatmap.png")
+    return grids
+
+
+def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
+    """Panels that differ only in noise rate (and CIFAR-10N label set), by a readable name."""
+    along = [k for k in panel_keys(keys) if k not in ("noise_rate", "noise_label_set")]
+    extra = [k for k in along if k not in ("dataset", "model", "noise")
+             and len({fmt_value(p.values[k]) for p in panels}) > 1]
+    families: dict[str, list[Panel]] = {}
+    for p in panels:
+        name = " / ".join([fmt_value(p.values[k]) for k in ("dataset", "model", "noise")]
+                          + [f"{k}={fmt_value(p.values[k])}" for k in extra])
+        families.setdefault(name, []).append(p)
+    return families
+
+
+def write_curves(panels: list[Panel], keys: list[str], out: Path) -> list[Path]:
+    """Accuracy-vs-noise-rate plots (where rates vary) and training curves per panel."""
+    figs: list[Path] = []
+    for name, members in _families(panels, keys).items():
+        if len({p.values["noise_rate"] for p in members}) > 1:
+            path = out / "plots" / f"{slug(name)}__acc_vs_noise_rate.png"
+            figs.append(plots.noise_plot(name, plots.best_per_rate(members), path))
+    for p in panels:
+        fig = plots.training_curves(p, out / "plots" / f"{p.slug}__curves.png")
+        figs += [fig] if fig else []
+    return figs
+
+
+def _print_problems(runs: Runs, quiet: bool) -> None:
+    """Say which runs are left out of every mean, and why (only the counts with --quiet)."""
+    p = runs.problems
+    if p.empty:
+        return
+    counts = ", ".join(f"{n} {s}" for s, n in p["status"].value_counts().items())
+    print(f"{len(p)} runs not in any mean ({counts}); listed in problems.csv"
+          + ("" if quiet else ":"))
+    for r in ([] if quiet else p.itertuples()):
+        print(f"  {r.status}: {r.run_dir}" + (f" ({r.error})" if r.error else ""))
+
+
+def _print_tables(grids: dict[str, list[Grid]]) -> None:
+    """The ε × α tables on stdout."""
+    for label, gs in grids.items():
+        for g in gs:
+            print(f"\n{label}: {g.title}, mean ± std (n)\n{to_markdown(g)}")
+
+
+def _findings(runs: Runs, paths: Sequence[str | Path], panels: list[Panel],
+              grids: dict[str, list[Grid]], figures: list[Path]) -> Findings:
+    """Answer the report's questions."""
+    best = questions.best_eps(panels)
+    hurts, compared = questions.combination_hurts(panels)
+    gap, skipped = questions.val_vs_test(panels)
+    tables = {label: to_markdown(gs[0]) for label, gs in grids.items() if gs}
+    return Findings(paths=[str(p) for p in paths], n_runs=len(runs.table),
+                    n_completed=len(runs.completed), panels=panels, tables=tables,
+                    best_eps=best, moves=questions.best_eps_moves(panels, best), hurts=hurts,
+                    n_compared=compared, val_gap=gap, val_skipped=skipped,
+                    problems=runs.problems, corrupt=runs.corrupt, figures=figures)
+
+
+def _write_csvs(out: Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Each frame as <name>.csv."""
+    for name, df in frames.items():
+        df.to_csv(out / f"{name}.csv", index=False)
+
+
+def _wandb_tables(frames: dict[str, pd.DataFrame], panels: list[Panel],
+                  grids: dict[str, list[Grid]]) -> dict[str, pd.DataFrame]:
+    """The frames to push: the CSVs but the per-run table, and every ε × α table as text."""
+    tables = {k: v for k, v in frames.items() if k != "runs"}
+    for p in panels:
+        for g in grids.get(p.label, []):
+            tables[f"eps_x_alpha/{p.slug}/{g.metric}"] = grid_frame(g)
+    return tables
+
+
+def _aggregate(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
+    """Summary over seeds of the completed runs, and its panels."""
+    done = runs.completed
+    if done.empty:
+        return pd.DataFrame(), [], []
+    keys = group_keys(done)
+    unknown = [k for k in keys if k not in KNOWN_CONFIG and k != "experiment"]
+    if unknown:
+        print(f"note: results.json keys outside the contract taken as settings (they split "
+              f"groups): {', '.join(unknown)}")
+    done = add_panel_ids(done, keys)
+    summary = summarise(done, ["_panel", *keys])
+    return summary, make_panels(done, summary, keys), keys
+
+
+def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None, *,
+            quiet: bool = False, push_wandb: bool = False,
+            allow_duplicates: bool = False) -> Path:
+    """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    runs = load_runs(paths, allow_duplicates=allow_duplicates)
+    out = Path(out_dir) if out_dir is not None else default_out(paths)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    summary, panels, keys = _aggregate(runs)
+    grids = write_grids(panels, out)
+    figures = write_curves(panels, keys, out) + sorted((out / "plots").glob("*__heatmap.png"))
+    findings = _findings(runs, paths, panels, grids, figures)
+    frames = {"runs": runs.table, "problems": runs.problems,
+              "summary": summary.drop(columns="_panel", errors="ignore"),
+              "best_eps": findings.best_eps, "combination_hurts": findings.hurts,
+              "val_vs_test": findings.val_gap}
+    _write_csvs(out, frames)
+    report = write_report(findings, out / "report.md")
+    if not quiet:
+        _print_tables(grids)
+    _print_problems(runs, quiet)
+    print(f"Report: {report}")
+    if push_wandb:
+        from analysis.wandb_push import push
+
+        push(_wandb_tables(frames, panels, grids), runs.completed, out)
+    return out
