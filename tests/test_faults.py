@@ -103,6 +103,7 @@ def test_truncated_checkpoint_is_reported_and_run_starts_over(tmp_path, referenc
     _same(read_json(run_dir / "results.json"), reference[0])
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_is_never_unpickled_as_code(tmp_path):
     import pickle
 
