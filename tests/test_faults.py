@@ -70,16 +70,17 @@ def test_sigkill_mid_run_then_rerun_gives_identical_results(tmp_path, reference)
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, reference, sig):
     run_dir = tmp_path / "run"
     args = LONG + [f"hydra.run.dir={run_dir}", "trainer.checkpoint_every=0"]
     proc = _popen(args, tmp_path)
     _wait_for_epochs(run_dir, 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err[-3000:]
     res = read_json(run_dir / "results.json")
-    assert res["status"] == "interrupted" and "SIGTERM" in res["error"]
+    assert res["status"] == "interrupted" and sig.name in res["error"]
     assert (run_dir / "checkpoint.pt").exists()
     out = run_module(args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
