@@ -13,7 +13,7 @@ EXP ?= quickstart
 RUNS ?= outputs/quickstart
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo sweep analysis test test-fast lint clean venv-path
+.PHONY: help install train demo sweep analysis test test-fast lint clean venv-path bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." 
 	$(PY) -m src.train $(ARGS)
 
 demo: $(STAMP) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores)
-	$(PY) -m src.train +experiment=quickstart $(ARGS)
+	$(PY) -m src.train +experiment=quickstart hydra.callbacks.analysis.quiet=true $(ARGS)
 	@cat outputs/quickstart/analysis/report.md
 
 sweep: $(STAMP) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."]
@@ -57,3 +57,6 @@ clean: ## Remove run outputs and caches (keeps the environment)
 
 venv-path: ## Print the environment's folder
 	@echo $(VENV)
+
+bench: $(STAMP) ## Time training step and epoch vs the reference loop (ARGS="--dataset digits")
+	$(PY) -m src.bench $(ARGS)
