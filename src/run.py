@@ -26,7 +26,7 @@ from src.data import load_arrays, stratified_split
 from src.device import Execution, resolve_execution
 from src.fingerprint import fingerprint
 from src.loggers import NullLogger, make_logger
-from src.models import build_model
+from src.model_cache import get_model
 from src.preempt import Preempted, StopFlag, catch_preemption
 from src.progress import Progress
 from src.results import METRICS, RESULTS, write_json_atomic, write_metrics
@@ -160,11 +160,11 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     logger: NullLogger = NullLogger()
     try:
-        torch.manual_seed(int(cfg.trainer.seed))
         in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
-        model = build_model(cfg.model, in_shape, data.num_classes).to(ex.device)
-        if ex.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        # Seeded, built and laid out as before; a compiled run reuses this process's model
+        # of the same architecture, re-initialised exactly as a fresh build (src.model_cache).
+        model = get_model(cfg.model, in_shape, data.num_classes, ex, int(cfg.trainer.seed),
+                          reuse=bool(cfg.trainer.compile))
         trainer = Trainer(model, data, cfg.trainer, cfg.augmentation, ex, int(cfg.trainer.seed))
         state = _resume(cfg, trainer, run_dir)
         history = state.history

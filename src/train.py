@@ -29,6 +29,9 @@ log = logging.getLogger("src.train")
 def train(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     """Validate, then train one run (or return the results of a completed one)."""
     validate(cfg)
+    if cfg.trainer.get("parallel_seeds"):  # several seeds as one batched model
+        from src.multiseed import run_parallel
+        return run_parallel(cfg, group)
     run_dir = Path(cfg.paths.run_dir)
     if cfg.skip_completed and is_completed(run_dir):
         done = read_json(run_dir / RESULTS) or {}

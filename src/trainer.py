@@ -21,6 +21,7 @@ from torch import nn
 from src.augment import mixup_smoothing_loss, random_crop, random_hflip
 from src.device import Execution
 from src.evaluate import classification_metrics
+from src.model_cache import compiled
 
 
 @dataclass
@@ -62,19 +63,36 @@ class EpochStats:
     interrupted: bool = False
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.device):
-    """SGD (momentum, Nesterov) or AdamW; weight decay skips biases and norm parameters."""
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], device: torch.device,
+                    fused: bool | None = None):
+    """SGD (momentum, Nesterov) or AdamW; weight decay skips biases and norm parameters.
+
+    `fused` defaults to CUDA only: fused kernels exist for CUDA; on CPU the foreach path is
+    the fast one. A fused optimizer gets its lr as a tensor (float64, on the CPU), which the
+    scheduler updates in place (`fill_`): the value is exactly the float's, the kernel reads
+    a CPU scalar without a device sync, and a compiled optimizer step would not be
+    specialised on it. (Only the model is compiled here, so lr is outside every graph anyway.)
+    """
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return optimizer_for(decay, no_decay, cfg, device, fused)
+
+
+def optimizer_for(decay: list[torch.Tensor], no_decay: list[torch.Tensor],
+                  cfg: Mapping[str, Any], device: torch.device, fused: bool | None = None):
+    """The configured optimizer over two parameter groups (see build_optimizer)."""
     groups = [{"params": decay, "weight_decay": float(cfg["weight_decay"])},
               {"params": no_decay, "weight_decay": 0.0}]
-    # Fused kernels exist for CUDA; on CPU the foreach path is the fast one.
-    extra = {"fused": True} if device.type == "cuda" else {}
+    fused = device.type == "cuda" if fused is None else fused
+    lr: float | torch.Tensor = float(cfg["lr"])
+    extra = {}
+    if fused:
+        extra, lr = {"fused": True}, torch.tensor(lr, dtype=torch.float64)
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
                                nesterov=bool(cfg["nesterov"]) and float(cfg["momentum"]) > 0,
                                **extra)
-    return torch.optim.AdamW(groups, lr=float(cfg["lr"]), **extra)
+    return torch.optim.AdamW(groups, lr=lr, **extra)
 
 
 def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
@@ -121,9 +139,9 @@ class Trainer:
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
         self.epoch_state: dict[str, Any] | None = None  # a paused epoch (see train_epoch)
-        self.forward = model
-        if bool(cfg.get("compile", False)):
-            self.forward = torch.compile(model)
+        # Compiled once per model object (src.model_cache keeps the object across the runs
+        # of a sweep). Only the model is compiled: lambda, eps and lr live outside the graph.
+        self.forward = compiled(model) if bool(cfg.get("compile", False)) else model
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images to normalised floats, channels-last where chosen."""
@@ -215,10 +233,18 @@ class Trainer:
         """Float32 logits for uint8 images, in evaluation mode and large batches."""
         self.model.eval()
         bs = int(self.cfg.get("eval_batch_size", 1024))
+        # A compiled forward is specialised to its batch shape: every evaluation batch is
+        # padded to eval_batch_size, so one eval graph serves all splits and sizes.
+        # (Evaluation is per sample, BN uses running stats: padding changes no output.)
+        pad = self.forward is not self.model
         out = []
         for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            n = len(xb)
+            if pad and n < bs:
+                xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
             with self.ex.autocast():
-                out.append(self.forward(self.normalise(x[i:i + bs])).float())
+                out.append(self.forward(self.normalise(xb))[:n].float())
         return torch.cat(out)
 
     def evaluate(self, split: Split) -> dict[str, float]:

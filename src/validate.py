@@ -117,6 +117,7 @@ TRAINER = {
     "channels_last": choice("auto", True, False), "seed": SEED,
     "progress": choice("auto", True, False),
     "checkpoint_every": integer(0), "keep_checkpoint": BOOL,
+    "parallel_seeds": list_of(SEED),
 }
 LOGGER = {
     "none": {"name": choice("none", "wandb")},

@@ -1,0 +1,468 @@
+"""Time the suite's training step and epoch against a plain reference loop and a bare loop.
+
+    python -m src.bench --dataset digits --model cnn                       # real data, CPU
+    python -m src.bench --shape 3,32,32 --num-classes 10 --n 50000 \\
+        --model preact_resnet18 --device cuda --batch-size 512 --amp bf16 --compile
+    python -m src.bench --smoke                                             # CI: seconds
+
+Everything runs in one process on the same model architecture, data and device:
+
+* `suite_step`, `suite_epoch`: the suite's `Trainer` (whole dataset on the device, batch
+  gathers, batch-wide crop/flip, Mixup, smoothed loss, on-device metrics, autocast,
+  channels-last, fused optimizer and `torch.compile` where chosen). Steps are timed inside an
+  epoch (paused through `train_epoch`'s stop hook), epochs whole.
+* `bare_step`: the same model, forward, loss function (`mixup_smoothing_loss`) and optimizer
+  on batches prepared beforehand (normalised, mixed): no gathering, augmentation, schedule
+  or metrics. `overhead_vs_bare` = suite step time / bare step time - 1.
+* `reference_epoch`: src.reference, the original Mixup code's way (DataLoader + per-image
+  transforms, fp32, `.item()` per batch) on a fresh fp32 model of the same architecture.
+  `speedup_vs_reference` = suite images/s over reference images/s.
+* `multiseed_epoch` (with `--parallel-seeds K`): K seeds trained as one batched model
+  (src.multiseed); `multiseed_speedup` = its images/s over the single-seed suite's.
+
+Each measurement runs `--warmup` times untimed (compilation, allocator and cuDNN warm-up),
+then `--repeats` times; the table and the JSON give the median. Wall time is taken on a
+synchronised clock (`torch.cuda.synchronize` before and after); on CUDA the device time of the
+same span comes from CUDA events. FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one
+forward of a batch (on the meta device), x3 for a training step (forward + backward of
+activations and weights). `flop_floor_fraction` = achieved FLOP/s / `--peak-tflops`, whose
+default 800 is an H100-class dense bf16 peak (give your GPU's figure; it is null on CPU unless
+a peak is given).
+
+JSON (`--out`, default outputs/bench/bench.json), one object:
+
+* `schema` (1), `created_at` (ISO 8601), `command` (the argv);
+* `machine`: `platform`, `processor`, `cpu_count`, `torch_threads`, `torch`, `python`,
+  `device` (e.g. `cpu`, `cuda:0`), `device_name`;
+* `config`: `dataset`, `shape` [C, H, W], `num_classes`, `n_train`, `model`, `model_args`,
+  `alpha`, `eps`, `batch_size`, `device`, `amp`, `compile`, `channels_last`, `crop_padding`,
+  `hflip`, `warmup`, `repeats`, `steps`, `ref_workers`, `parallel_seeds`, `peak_tflops`,
+  `smoke`;
+* `flops`: `forward_per_image`, `train_per_image` (FLOPs);
+* `results`: a list, one object per measurement: `name` (`suite_step`, `suite_epoch`,
+  `bare_step`, `reference_epoch`, `multiseed_epoch`), `seconds` (median wall time of one
+  unit: a step or an epoch), `seconds_all` (every repeat), `device_seconds` (median CUDA-event
+  time, null on CPU), `images` (per unit), `images_per_s` (images / seconds);
+* `summary`: `suite_images_per_s` (epoch), `reference_images_per_s`, `speedup_vs_reference`,
+  `bare_images_per_s`, `overhead_vs_bare`, `achieved_tflops` (suite epoch),
+  `flop_floor_fraction`, `multiseed_images_per_s`, `multiseed_speedup`; null where not measured.
+
+How fast it runs: `--dataset digits --model cnn` takes about 10 s on a 2-core CPU; `--smoke`
+a few seconds. Measured figures are in the README's Performance section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from src.augment import mixup_smoothing_loss
+from src.device import Execution, resolve_amp, resolve_device
+from src.models import build_model
+from src.trainer import Split, TrainData, Trainer, build_optimizer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SMOKE_MODEL_ARGS = ["channels=[8,16]"]
+
+
+@dataclass
+class Measure:
+    """One timed quantity: per-repeat wall and device seconds of one unit (step or epoch)."""
+
+    name: str
+    images: int
+    seconds_all: list[float] = field(default_factory=list)
+    device_all: list[float] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        """The JSON object of this measurement."""
+        sec = statistics.median(self.seconds_all)
+        dev = statistics.median(self.device_all) if self.device_all else None
+        return {"name": self.name, "seconds": sec, "seconds_all": self.seconds_all,
+                "device_seconds": dev, "images": self.images,
+                "images_per_s": self.images / sec if sec > 0 else None}
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float | None]:
+    """Wall seconds of fn() on a synchronised clock, and CUDA-event seconds on a GPU."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        end.record()
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    return wall, (start.elapsed_time(end) / 1000 if cuda else None)
+
+
+def measure(name: str, fn: Callable[[], Any], images: int, device: torch.device, warmup: int,
+            repeats: int, units: int = 1) -> Measure:
+    """Run fn warmup times untimed, then repeats times timed; `units` steps per call."""
+    for _ in range(warmup):
+        fn()
+    m = Measure(name, images)
+    for _ in range(repeats):
+        wall, dev = timed(fn, device)
+        m.seconds_all.append(wall / units)
+        if dev is not None:
+            m.device_all.append(dev / units)
+    return m
+
+
+# ---------------------------------------------------------------- data and model set-up
+
+
+def dataset_config(name: str) -> dict[str, Any]:
+    """conf/dataset/NAME.yaml as a plain dict (root defaults to ./data)."""
+    cfg = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text())
+    if isinstance(cfg.get("root"), str) and "${" in cfg["root"]:
+        cfg["root"] = "./data"
+    return cfg
+
+
+def load_data(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(dataset config, train images (N, H, W, C) uint8, labels) of the chosen data."""
+    if args.shape:
+        c, h, w = (int(v) for v in args.shape.split(","))
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, (args.n, h, w, c), dtype=np.uint8)
+        y = rng.integers(0, args.num_classes, args.n).astype(np.int64)
+        cifar_like = (c, h, w) == (3, 32, 32)  # augment as conf/dataset/cifar10.yaml does
+        ds = {"name": f"synthetic-{c}x{h}x{w}", "num_classes": args.num_classes,
+              "image_shape": [c, h, w], "mean": [0.5] * c, "std": [0.25] * c,
+              "augment": {"crop_padding": 4 if cifar_like else 0, "hflip": cifar_like}}
+        return ds, x, y
+    from src.data import load_arrays
+
+    ds = dataset_config(args.dataset)
+    if args.npz:
+        ds["npz"] = args.npz
+    arrays = load_arrays(ds)
+    x, y = arrays.x_train, arrays.y_train
+    if args.n:
+        x, y = x[:args.n], y[:args.n]
+    return ds, x, y
+
+
+def train_data(ds: dict[str, Any], x: np.ndarray, y: np.ndarray, crop: int, hflip: bool,
+               device: torch.device) -> TrainData:
+    """The suite's TrainData on the device (a token test split: the bench does not evaluate)."""
+    xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous()
+    yt = torch.from_numpy(y).to(device)
+    shape = (1, -1, 1, 1)
+    return TrainData(train=Split(xt, yt), test=Split(xt[:8], yt[:8]), y_true=yt, val=None,
+                     mean=torch.tensor(ds["mean"], device=device).view(shape),
+                     std=torch.tensor(ds["std"], device=device).view(shape),
+                     num_classes=int(ds["num_classes"]), crop_padding=crop, hflip=hflip)
+
+
+def model_config(name: str, overrides: list[str]) -> dict[str, Any]:
+    """conf/model/NAME.yaml with key=value overrides (values parsed as YAML: [8,16], 32)."""
+    cfg = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    for item in overrides:
+        key, _, value = item.partition("=")
+        cfg[key.strip()] = yaml.safe_load(value)
+    return cfg
+
+
+def trainer_config(args: argparse.Namespace) -> dict[str, Any]:
+    """conf/trainer/default.yaml with the bench's batch size, amp, compile and layout."""
+    cfg = yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())
+    cfg.update(batch_size=args.batch_size, amp=args.amp, compile=args.compile,
+               channels_last=args.channels_last, epochs=1000, device=args.device)
+    return cfg
+
+
+def flops_per_image(model_cfg: dict[str, Any], shape: tuple[int, int, int], k: int,
+                    batch: int) -> float:
+    """Forward FLOPs per image, counted on the meta device (no memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(model_cfg, shape, k)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.empty(batch, *shape))
+    return counter.get_total_flops() / batch
+
+
+# ---------------------------------------------------------------- the timed loops
+
+
+def time_suite(trainer: Trainer, args: argparse.Namespace) -> list[Measure]:
+    """The suite's step (S steps inside an epoch, paused by the stop hook) and whole epoch."""
+    bs, dev = trainer.batch_size, trainer.device
+    steps = min(args.steps, trainer.steps_per_epoch)
+
+    def run_steps() -> None:
+        st = trainer.epoch_state
+        if st is None or trainer.steps_per_epoch - st["step"] < steps:
+            trainer.epoch_state = None
+            trainer.begin_epoch()
+        target = trainer.epoch_state["step"] + steps
+        trainer.train_epoch(stop=lambda: trainer.epoch_state["step"] >= target)
+
+    def run_epoch() -> None:
+        trainer.epoch_state = None
+        trainer.train_epoch()
+
+    step = measure("suite_step", run_steps, bs, dev, args.warmup, args.repeats, units=steps)
+    epoch = measure("suite_epoch", run_epoch, bs * trainer.steps_per_epoch, dev, args.warmup,
+                    args.repeats)
+    return [step, epoch]
+
+
+def bare_batches(trainer: Trainer, steps: int, alpha: float) -> list[tuple]:
+    """Batches made beforehand the suite's way: normalised, mixed, with lambda and targets."""
+    out, n, bs = [], len(trainer.data.train), trainer.batch_size
+    gen = torch.Generator(device=trainer.device).manual_seed(1)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        idx = torch.randperm(n, generator=gen, device=trainer.device)[:bs]
+        x = trainer.normalise(trainer.data.train.x[idx])
+        y = trainer.data.train.y[idx]
+        lam = torch.tensor(float(rng.beta(alpha, alpha)) if alpha > 0 else 1.0,
+                           device=trainer.device)
+        perm = torch.randperm(bs, generator=gen, device=trainer.device)
+        out.append(((lam * x + (1 - lam) * x[perm]).detach(), y, y[perm], lam))
+    return out
+
+
+def time_bare(trainer: Trainer, args: argparse.Namespace, tcfg: dict[str, Any]) -> Measure:
+    """The same forward, loss and optimizer on pre-made batches: the floor of a step."""
+    steps = min(args.steps, trainer.steps_per_epoch)
+    batches = bare_batches(trainer, steps, args.alpha)
+    model, forward, ex = trainer.model, trainer.forward, trainer.ex
+    optimizer = build_optimizer(model, tcfg, trainer.device)
+    scaler, eps = ex.grad_scaler(), trainer.eps
+
+    def run() -> None:
+        model.train()
+        for x, y, y2, lam in batches:
+            with ex.autocast():
+                logits = forward(x)
+            loss = mixup_smoothing_loss(logits, y, y2, lam, eps)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    return measure("bare_step", run, trainer.batch_size, trainer.device, args.warmup,
+                   args.repeats, units=steps)
+
+
+def time_reference(args: argparse.Namespace, ds: dict[str, Any], x: np.ndarray, y: np.ndarray,
+                   model_cfg: dict[str, Any], device: torch.device, crop: int,
+                   hflip: bool) -> Measure:
+    """The original Mixup code's loop, one epoch per repeat, on a fresh fp32 model."""
+    from src import reference
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    model = build_model(model_cfg, tuple(ds["image_shape"]), int(ds["num_classes"])).to(device)
+    optimizer = reference.make_optimizer(model)
+    loader = reference.make_loader(x, y, args.batch_size, ds["mean"], ds["std"], crop, hflip,
+                                   args.ref_workers)
+    alpha, eps = args.alpha, args.eps
+    return measure("reference_epoch",
+                   lambda: reference.train_epoch(model, loader, optimizer, alpha, eps, device),
+                   len(y), device, args.warmup, args.repeats)
+
+
+def time_multiseed(args: argparse.Namespace, ds: dict[str, Any], data: TrainData,
+                   model_cfg: dict[str, Any], tcfg: dict[str, Any],
+                   ex: Execution) -> Measure:
+    """K seeds as one batched model (src.multiseed), one epoch of all K per repeat."""
+    from src.multiseed import MultiSeedTrainer
+
+    seeds = list(range(args.parallel_seeds))
+    mt = MultiSeedTrainer(model_cfg, tuple(ds["image_shape"]), data, tcfg,
+                          {"mixup_alpha": args.alpha, "smoothing": args.eps}, ex, seeds)
+    images = len(seeds) * mt.batch_size * mt.steps_per_epoch
+    return measure("multiseed_epoch", mt.train_epoch, images, ex.device, args.warmup,
+                   args.repeats)
+
+
+# ---------------------------------------------------------------- report
+
+
+def summarise(rows: dict[str, dict[str, Any]], flops: dict[str, float], peak: float | None,
+              device: torch.device) -> dict[str, Any]:
+    """Ratios of the measurements (null where one side was not measured)."""
+    def ips(name: str) -> float | None:
+        return rows[name]["images_per_s"] if name in rows else None
+
+    suite, ref, bare, multi = (ips("suite_epoch"), ips("reference_epoch"), ips("bare_step"),
+                               ips("multiseed_epoch"))
+    achieved = suite * flops["train_per_image"] / 1e12 if suite else None
+    use_peak = peak if peak is not None else (800.0 if device.type == "cuda" else None)
+    step, bare_s = rows.get("suite_step"), rows.get("bare_step")
+    return {
+        "suite_images_per_s": suite, "reference_images_per_s": ref,
+        "speedup_vs_reference": suite / ref if suite and ref else None,
+        "bare_images_per_s": bare,
+        "overhead_vs_bare": (step["seconds"] / bare_s["seconds"] - 1) if step and bare_s
+        else None,
+        "achieved_tflops": achieved,
+        "flop_floor_fraction": achieved / use_peak if achieved and use_peak else None,
+        "multiseed_images_per_s": multi,
+        "multiseed_speedup": multi / suite if multi and suite else None,
+    }
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where it ran."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": name}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The results as a fixed-width table, then the summary ratios."""
+    cfg = report["config"]
+    print(f"model {cfg['model']} {cfg['model_args']} on {cfg['dataset']} {cfg['shape']}, "
+          f"batch {cfg['batch_size']}, alpha {cfg['alpha']}, eps {cfg['eps']}, "
+          f"{report['machine']['device']} amp={cfg['amp']} compile={cfg['compile']}, "
+          f"{report['machine']['torch_threads']} threads")
+    print(f"{'measurement':18s} {'seconds':>10s} {'device s':>10s} {'images':>8s} "
+          f"{'images/s':>10s}")
+    for r in report["results"]:
+        dev = f"{r['device_seconds']:.5f}" if r["device_seconds"] is not None else "-"
+        print(f"{r['name']:18s} {r['seconds']:10.5f} {dev:>10s} {r['images']:8d} "
+              f"{r['images_per_s']:10.0f}")
+    for k, v in report["summary"].items():
+        print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
+
+
+# ---------------------------------------------------------------- entry
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="digits", help="a conf/dataset name (real data)")
+    p.add_argument("--npz", default=None, help="offline archive for --dataset")
+    p.add_argument("--shape", default=None, help="synthetic data C,H,W instead of --dataset")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--n", type=int, default=None, help="training images (synthetic: 50000)")
+    p.add_argument("--model", default="cnn", help="a conf/model name")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, e.g. width=32 or channels=[8,16]")
+    p.add_argument("--alpha", type=float, default=1.0, help="Mixup alpha (0 = off)")
+    p.add_argument("--eps", type=float, default=0.1, help="label smoothing eps")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--amp", default="auto", help="auto, bf16, fp16 or off")
+    p.add_argument("--compile", action="store_true", help="torch.compile the suite's model")
+    p.add_argument("--channels-last", default="auto", type=_auto_bool)
+    p.add_argument("--crop-padding", type=int, default=None, help="default: the dataset's")
+    p.add_argument("--hflip", type=_auto_bool, default=None, help="default: the dataset's")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed step measurement")
+    p.add_argument("--ref-workers", type=int, default=None,
+                   help="reference DataLoader workers (default min(8, cores), as the original)")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--parallel-seeds", type=int, default=0, metavar="K",
+                   help="also time K seeds as one batched model (src.multiseed)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak for the FLOP floor (default 800 on CUDA: H100-class dense bf16)")
+    p.add_argument("--out", default="outputs/bench/bench.json")
+    p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (CI)")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.model_arg = args.model_arg or list(SMOKE_MODEL_ARGS)
+        args.warmup, args.repeats, args.steps = 1, 1, 2
+        args.batch_size = min(args.batch_size, 32)
+        args.n = args.n or 128
+        args.ref_workers = 0 if args.ref_workers is None else args.ref_workers
+    if args.shape and args.n is None:
+        args.n = 50000
+    if args.ref_workers is None:
+        from src.reference import default_workers
+
+        args.ref_workers = default_workers()
+    return args
+
+
+def _auto_bool(text: str) -> str | bool:
+    return text if text == "auto" else text.lower() in ("1", "true", "yes", "on")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure everything the arguments ask for; return the report object."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cl = device.type == "cuda" if args.channels_last == "auto" else bool(args.channels_last)
+    ex = Execution(device, resolve_amp(args.amp, device), cl)
+    ds, x, y = load_data(args)
+    crop = ds["augment"]["crop_padding"] if args.crop_padding is None else args.crop_padding
+    hflip = ds["augment"]["hflip"] if args.hflip is None else bool(args.hflip)
+    shape = tuple(int(v) for v in ds["image_shape"])
+    model_cfg, tcfg = model_config(args.model, args.model_arg), trainer_config(args)
+    data = train_data(ds, x, y, crop, hflip, device)
+    from src.model_cache import get_model
+
+    model = get_model(model_cfg, shape, data.num_classes, ex, seed=0)
+    trainer = Trainer(model, data, tcfg, {"mixup_alpha": args.alpha, "smoothing": args.eps},
+                      ex, seed=0)
+    results = time_suite(trainer, args) + [time_bare(trainer, args, tcfg)]
+    if not args.no_reference:
+        results.append(time_reference(args, ds, x, y, model_cfg, device, crop, hflip))
+    if args.parallel_seeds:
+        results.append(time_multiseed(args, ds, data, model_cfg, tcfg, ex))
+    fwd = flops_per_image(model_cfg, shape, data.num_classes, trainer.batch_size)
+    flops = {"forward_per_image": fwd, "train_per_image": 3 * fwd}
+    rows = {m.name: m.row() for m in results}
+    config = {"dataset": ds["name"], "shape": list(shape), "num_classes": data.num_classes,
+              "n_train": len(y), "model": args.model, "model_args": model_cfg,
+              "alpha": args.alpha, "eps": args.eps, "batch_size": trainer.batch_size,
+              "device": str(device), "amp": ex.amp, "compile": args.compile,
+              "channels_last": cl, "crop_padding": crop, "hflip": hflip,
+              "warmup": args.warmup, "repeats": args.repeats, "steps": args.steps,
+              "ref_workers": args.ref_workers, "parallel_seeds": args.parallel_seeds,
+              "peak_tflops": args.peak_tflops, "smoke": args.smoke}
+    return {"schema": 1, "created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(["python -m src.bench", *args.argv]),
+            "machine": machine(device), "config": config, "flops": flops,
+            "results": list(rows.values()),
+            "summary": summarise(rows, flops, args.peak_tflops, device)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, measure, print the table, write the JSON."""
+    args = parse_args(argv)
+    report = run(args)
+    print_table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The benchmark runs in smoke mode and writes the JSON its docstring documents; the reference
+loop computes the suite's loss. Timings are the benchmark's output, never asserted here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from src import bench, reference
+from src.augment import mixup_smoothing_loss
+
+RESULT_FIELDS = {"name", "seconds", "seconds_all", "device_seconds", "images", "images_per_s"}
+SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "speedup_vs_reference",
+                  "bare_images_per_s", "overhead_vs_bare", "achieved_tflops",
+                  "flop_floor_fraction", "multiseed_images_per_s", "multiseed_speedup"}
+MACHINE_FIELDS = {"platform", "processor", "cpu_count", "torch_threads", "torch", "python",
+                  "device", "device_name"}
+CONFIG_FIELDS = {"dataset", "shape", "num_classes", "n_train", "model", "model_args", "alpha",
+                 "eps", "batch_size", "device", "amp", "compile", "channels_last",
+                 "crop_padding", "hflip", "warmup", "repeats", "steps", "ref_workers",
+                 "parallel_seeds", "peak_tflops", "smoke"}
+
+
+def test_smoke_run_writes_the_documented_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--parallel-seeds", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["schema"] == 1 and report["command"].startswith("python -m src.bench")
+    assert MACHINE_FIELDS <= set(report["machine"])
+    assert CONFIG_FIELDS <= set(report["config"])
+    assert set(report["flops"]) == {"forward_per_image", "train_per_image"}
+    assert report["flops"]["train_per_image"] == 3 * report["flops"]["forward_per_image"] > 0
+    names = [r["name"] for r in report["results"]]
+    assert names == ["suite_step", "suite_epoch", "bare_step", "reference_epoch",
+                     "multiseed_epoch"]
+    for r in report["results"]:
+        assert set(r) == RESULT_FIELDS and r["seconds"] > 0 and r["images"] > 0
+    assert set(report["summary"]) == SUMMARY_FIELDS
+    assert report["summary"]["flop_floor_fraction"] is None  # CPU, no peak given
+    for key in SUMMARY_FIELDS | RESULT_FIELDS | CONFIG_FIELDS | MACHINE_FIELDS:
+        assert f"`{key}`" in bench.__doc__, f"{key} is not documented"
+    assert "speedup_vs_reference" in capsys.readouterr().out  # the printed table
+
+
+def test_smoke_on_synthetic_cifar_shape_with_crop_and_flip(tmp_path):
+    out = tmp_path / "b.json"
+    bench.main(["--smoke", "--shape", "3,32,32", "--n", "64", "--model", "mlp",
+                "--model-arg", "hidden_sizes=[16]", "--alpha", "0", "--out", str(out)])
+    cfg = json.loads(out.read_text())["config"]
+    assert cfg["crop_padding"] == 4 and cfg["hflip"] is True  # as conf/dataset/cifar10.yaml
+    assert cfg["model_args"]["hidden_sizes"] == [16]
+
+
+def test_reference_criterion_is_the_suite_loss():
+    """Mixup's lam * CE_eps(y_a) + (1 - lam) * CE_eps(y_b) equals mixup_smoothing_loss."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=g)
+    y_a, y_b = torch.randint(0, 5, (8,), generator=g), torch.randint(0, 5, (8,), generator=g)
+    ref = reference.mixup_criterion(nn.CrossEntropyLoss(label_smoothing=0.1), logits, y_a, y_b,
+                                    0.3)
+    ours = mixup_smoothing_loss(logits, y_a, y_b, torch.tensor(0.3), torch.tensor(0.1))
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_epoch_trains_with_per_image_transforms():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, 20).astype(np.int64)
+    loader = reference.make_loader(x, y, 8, [0.5] * 3, [0.25] * 3, crop_padding=4, hflip=True,
+                                   workers=0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    res = reference.train_epoch(model, loader, reference.make_optimizer(model), 1.0, 0.1,
+                                torch.device("cpu"))
+    assert res.images == 20 and np.isfinite(res.loss) and 0 <= res.acc <= 1

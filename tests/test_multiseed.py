@@ -1,0 +1,112 @@
+"""Seeds trained together (src.multiseed) equal the same seeds trained separately: bit for bit
+for an MLP (the batched linear kernels sum in the same order on CPU), within float tolerance
+for a conv net (a vmapped convolution is one grouped convolution, whose backward sums in
+another order). The job writes one normal run directory per seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import model_cache
+from src.device import Execution
+from src.errors import ConfigError
+from src.multiseed import MultiSeedTrainer, seed_dirs, seed_group
+from src.results import read_json, read_metrics
+from src.train import train
+from src.trainer import Trainer
+from tests.conftest import TINY, make_cfg
+from tests.test_fastpath import TRAINER, tiny_data
+
+CPU = Execution(torch.device("cpu"), None, channels_last=False)
+AUG = {"mixup_alpha": 0.4, "smoothing": 0.1}
+SEEDS = [0, 3, 7]
+
+
+def train_both(model_cfg: dict, epochs: int = 2):
+    """The batched trainer and one separate Trainer per seed, after `epochs` epochs."""
+    data = tiny_data()  # crops and flips on, so every random draw is compared
+    multi = MultiSeedTrainer(model_cfg, (3, 8, 8), data, TRAINER, AUG, CPU, SEEDS)
+    single = [Trainer(model_cache.fresh_model(model_cfg, (3, 8, 8), 4, CPU, s), data, TRAINER,
+                      AUG, CPU, s) for s in SEEDS]
+    stats = []
+    for _ in range(epochs):
+        stats.append((multi.train_epoch(), [t.train_epoch() for t in single]))
+    return data, multi, single, stats
+
+
+def test_batched_mlp_is_bit_identical_to_separate_runs():
+    data, multi, single, stats = train_both({"name": "mlp", "hidden_sizes": [16]})
+    for batched, separate in stats:
+        assert [(s.loss, s.acc) for s in batched] == [(s.loss, s.acc) for s in separate]
+    for k, tr in enumerate(single):
+        sd = multi.state_dict(k)
+        for name, value in tr.model.state_dict().items():
+            assert torch.equal(sd[name], value), name
+        assert multi.view(k).evaluate(data.test) == tr.evaluate(data.test)
+
+
+def test_batched_cnn_matches_separate_runs_within_float_tolerance():
+    cnn = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
+    data, multi, single, stats = train_both(cnn)
+    for batched, separate in stats:
+        for b, s in zip(batched, separate):
+            assert b.loss == pytest.approx(s.loss, rel=1e-5)
+    for k, tr in enumerate(single):
+        sd = multi.state_dict(k)
+        for name, value in tr.model.state_dict().items():  # BN running stats included
+            torch.testing.assert_close(sd[name].float(), value.float(), rtol=1e-4, atol=1e-5)
+        got, want = multi.view(k).evaluate(data.test), tr.evaluate(data.test)
+        assert got["acc"] == want["acc"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_seed_dirs_and_group():
+    assert seed_dirs(Path("/o/cell/seed=0"), [0, 5]) == [Path("/o/cell/seed=0"),
+                                                          Path("/o/cell/seed=5")]
+    assert seed_dirs(Path("/o/2024-01-01"), [1]) == [Path("/o/2024-01-01/seed=1")]
+    assert seed_group("a=1,trainer.parallel_seeds=[0,1,2],b=[3,4]") == "a=1,b=[3,4]"
+    assert seed_group("") == ""
+
+
+def cfg_at(overrides: list[str], run_dir: Path):
+    """make_cfg with a run_dir whose name holds '=' (quoted for Hydra's override grammar)."""
+    return make_cfg(overrides + [f"paths.run_dir='{run_dir}'"])
+
+
+def test_job_writes_one_normal_run_per_seed_equal_to_separate_runs(tmp_path):
+    over = TINY + ["trainer.epochs=1", "augmentation=mixup_smoothing", "noise=symmetric",
+                   "noise.rate=0.2"]
+    out = train(cfg_at(over + ["trainer.parallel_seeds=[0,1]"], tmp_path / "cell" / "seed=0"),
+                group="cell")
+    assert len(out["runs"]) == 2
+    for seed in (0, 1):
+        run_dir = tmp_path / "cell" / f"seed={seed}"
+        res = read_json(run_dir / "results.json")
+        assert res["status"] == "completed" and res["seed"] == seed
+        assert res["run_dir"] == str(run_dir) and res["group"] == "cell"
+        assert (run_dir / "noise.json").exists() and (run_dir / "config.yaml").exists()
+        assert [r["epoch"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1]
+        alone = train(make_cfg(over + [f"trainer.seed={seed}"], run_dir=tmp_path / f"a{seed}"))
+        assert res["config_fingerprint"] == alone["config_fingerprint"]
+        assert res["final_test_acc"] == pytest.approx(alone["final_test_acc"], abs=0.01)
+        assert res["final_test_loss"] == pytest.approx(alone["final_test_loss"], rel=1e-3)
+    # A rerun skips the completed seeds instead of training them again.
+    again = train(cfg_at(over + ["trainer.parallel_seeds=[0,1]"], tmp_path / "cell" / "seed=0"),
+                  group="cell")
+    assert [r["finished_at"] for r in again["runs"]] == [r["finished_at"] for r in out["runs"]]
+
+
+def test_lstm_is_refused_before_anything_is_written(tmp_path):
+    base = [o for o in TINY if not o.startswith("model")]
+    cfg = cfg_at(base + ["model=lstm", "trainer.parallel_seeds=[0,1]"], tmp_path / "seed=0")
+    with pytest.raises(ConfigError, match="parallel_seeds"):
+        train(cfg)
+    assert not (tmp_path / "seed=0").exists()
+
+
+def test_parallel_seeds_are_validated(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.parallel_seeds"):
+        train(make_cfg(TINY + ["trainer.parallel_seeds=[-1]"], run_dir=tmp_path))
