@@ -35,7 +35,8 @@ JSON (`--out`, default outputs/bench/bench.json), one object:
 * `machine`: `platform`, `processor`, `cpu_count`, `torch_threads`, `torch`, `python`,
   `device` (e.g. `cpu`, `cuda:0`), `device_name`;
 * `config`: `dataset`, `shape` [C, H, W], `num_classes`, `n_train`, `model`, `model_args`,
-  `alpha`, `eps`, `batch_size`, `device`, `amp`, `compile`, `channels_last`, `crop_padding`,
+  `alpha`, `eps`, `batch_size`, `device`, `amp`, `compile`, `compile_mode` (the
+  torch.compile mode used, null for eager), `channels_last`, `crop_padding`,
   `hflip`, `warmup`, `repeats`, `steps`, `ref_workers`, `parallel_seeds`, `peak_tflops`,
   `smoke`;
 * `flops`: `forward_per_image`, `train_per_image` (FLOPs);
@@ -71,7 +72,7 @@ import torch
 import yaml
 
 from src.augment import mixup_smoothing_loss
-from src.device import Execution, resolve_amp, resolve_device
+from src.device import Execution, resolve_amp, resolve_device, use_fast_kernels
 from src.models import build_model
 from src.trainer import Split, TrainData, Trainer, build_optimizer
 
@@ -257,6 +258,8 @@ def time_bare(trainer: Trainer, args: argparse.Namespace, tcfg: dict[str, Any]) 
     def run() -> None:
         model.train()
         for x, y, y2, lam in batches:
+            if trainer.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with ex.autocast():
                 logits = forward(x)
             loss = mixup_smoothing_loss(logits, y, y2, lam, eps)
@@ -342,7 +345,7 @@ def print_table(report: dict[str, Any]) -> None:
     cfg = report["config"]
     print(f"model {cfg['model']} {cfg['model_args']} on {cfg['dataset']} {cfg['shape']}, "
           f"batch {cfg['batch_size']}, alpha {cfg['alpha']}, eps {cfg['eps']}, "
-          f"{report['machine']['device']} amp={cfg['amp']} compile={cfg['compile']}, "
+          f"{report['machine']['device']} amp={cfg['amp']} compile={cfg['compile_mode']}, "
           f"{report['machine']['torch_threads']} threads")
     print(f"{'measurement':18s} {'seconds':>10s} {'device s':>10s} {'images':>8s} "
           f"{'images/s':>10s}")
@@ -373,7 +376,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--amp", default="auto", help="auto, bf16, fp16 or off")
-    p.add_argument("--compile", action="store_true", help="torch.compile the suite's model")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the suite's model, as trainer.compile: alone, the "
+                        "device's fastest mode (CUDA: reduce-overhead); or a mode by name")
     p.add_argument("--channels-last", default="auto", type=_auto_bool)
     p.add_argument("--crop-padding", type=int, default=None, help="default: the dataset's")
     p.add_argument("--hflip", type=_auto_bool, default=None, help="default: the dataset's")
@@ -416,6 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    use_fast_kernels(device)
     cl = device.type == "cuda" if args.channels_last == "auto" else bool(args.channels_last)
     ex = Execution(device, resolve_amp(args.amp, device), cl)
     ds, x, y = load_data(args)
@@ -424,7 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(int(v) for v in ds["image_shape"])
     model_cfg, tcfg = model_config(args.model, args.model_arg), trainer_config(args)
     data = train_data(ds, x, y, crop, hflip, device)
-    from src.model_cache import get_model
+    from src.model_cache import compile_mode, get_model
 
     model = get_model(model_cfg, shape, data.num_classes, ex, seed=0)
     trainer = Trainer(model, data, tcfg, {"mixup_alpha": args.alpha, "smoothing": args.eps},
@@ -441,6 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "n_train": len(y), "model": args.model, "model_args": model_cfg,
               "alpha": args.alpha, "eps": args.eps, "batch_size": trainer.batch_size,
               "device": str(device), "amp": ex.amp, "compile": args.compile,
+              "compile_mode": compile_mode(args.compile, device),
               "channels_last": cl, "crop_padding": crop, "hflip": hflip,
               "warmup": args.warmup, "repeats": args.repeats, "steps": args.steps,
               "ref_workers": args.ref_workers, "parallel_seeds": args.parallel_seeds,

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from src.augment import mixup_smoothing_loss, random_crop, random_hflip
@@ -60,6 +61,22 @@ from src.trainer import EpochStats, Split, TrainData, lr_factor, optimizer_for
 
 log = logging.getLogger("src.train")
 _SEED_DIR = re.compile(r"seed=\d+$")
+
+
+# cuDNN's batch norm under vmap on CUDA fails twice: it asks a batched tensor for its
+# channels-last contiguity (not implemented inside vmap), and its backward wants bf16 running
+# stats under autocast. Around each BatchNorm the batched model turns cuDNN off (PyTorch's own
+# kernel then runs, with the vmap rules) and gives BN fp32 input, as autocast's BN computes
+# in fp32 anyway; the next convolution casts back down. Compiled models decompose BN
+# themselves and need neither.
+def _bn_enter(module: nn.Module, args: tuple) -> tuple:
+    module.__dict__["_cudnn_was"] = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    return (args[0].float(),)
+
+
+def _bn_exit(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    torch.backends.cudnn.enabled = module.__dict__.pop("_cudnn_was", True)
 
 
 class MultiSeedTrainer:
@@ -77,6 +94,11 @@ class MultiSeedTrainer:
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
         # The architecture without storage: functional_call supplies the stacked tensors.
         self.base = copy.deepcopy(models[0]).to("meta")
+        if dev.type == "cuda" and not bool(cfg.get("compile", False)):
+            for m in self.base.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(_bn_enter)
+                    m.register_forward_hook(_bn_exit)
         self.alpha = float(aug_cfg["mixup_alpha"])
         self.eps = torch.tensor(float(aug_cfg["smoothing"]), device=dev)
         n = len(data.train)

@@ -21,7 +21,7 @@ from torch import nn
 from src.augment import mixup_smoothing_loss, random_crop, random_hflip
 from src.device import Execution
 from src.evaluate import classification_metrics
-from src.model_cache import compiled
+from src.model_cache import CUDA_GRAPH_MODES, compile_mode, compiled
 
 
 @dataclass
@@ -141,7 +141,11 @@ class Trainer:
         self.epoch_state: dict[str, Any] | None = None  # a paused epoch (see train_epoch)
         # Compiled once per model object (src.model_cache keeps the object across the runs
         # of a sweep). Only the model is compiled: lambda, eps and lr live outside the graph.
-        self.forward = compiled(model) if bool(cfg.get("compile", False)) else model
+        mode = compile_mode(cfg.get("compile", False), self.device)
+        self.forward = compiled(model, mode) if mode else model
+        # CUDA graphs replay into the same output buffers: each step (and evaluation batch)
+        # tells the graph tree that the previous outputs are done with.
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images to normalised floats, channels-last where chosen."""
@@ -216,6 +220,8 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
              lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns the detached loss and the lambda-weighted hits."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.ex.autocast():
             logits = self.forward(x)
         loss = mixup_smoothing_loss(logits, y, y2, lam, self.eps)
@@ -243,7 +249,9 @@ class Trainer:
             n = len(xb)
             if pad and n < bs:
                 xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
-            with self.ex.autocast():
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with self.ex.autocast():  # .float() copies out of the graph's output buffer
                 out.append(self.forward(self.normalise(xb))[:n].float())
         return torch.cat(out)
 

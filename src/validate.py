@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from src.errors import ConfigError
+from src.model_cache import COMPILE_MODES
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ TRAINER = {
     "schedule": choice("cosine", "multistep", "constant"),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
     "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),
-    "device": STR, "amp": choice("auto", "bf16", "fp16", "off"), "compile": BOOL,
+    "device": STR, "amp": choice("auto", "bf16", "fp16", "off"),
+    "compile": choice(True, False, *COMPILE_MODES),
     "channels_last": choice("auto", True, False), "seed": SEED,
     "progress": choice("auto", True, False),
     "checkpoint_every": integer(0), "keep_checkpoint": BOOL,

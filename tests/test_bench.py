@@ -19,7 +19,7 @@ SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "speedup_vs_re
 MACHINE_FIELDS = {"platform", "processor", "cpu_count", "torch_threads", "torch", "python",
                   "device", "device_name"}
 CONFIG_FIELDS = {"dataset", "shape", "num_classes", "n_train", "model", "model_args", "alpha",
-                 "eps", "batch_size", "device", "amp", "compile", "channels_last",
+                 "eps", "batch_size", "device", "amp", "compile", "compile_mode", "channels_last",
                  "crop_padding", "hflip", "warmup", "repeats", "steps", "ref_workers",
                  "parallel_seeds", "peak_tflops", "smoke"}
 

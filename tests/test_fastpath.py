@@ -23,15 +23,16 @@ TRAINER = {"batch_size": 16, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "ne
            "weight_decay": 5e-4, "schedule": "cosine", "epochs": 3, "eval_batch_size": 24}
 
 
-def tiny_data(n: int = 64, shape: tuple[int, int, int] = (3, 8, 8), k: int = 4,
-              crop: int = 2) -> TrainData:
+def tiny_data(device: torch.device | str = "cpu", n: int = 64,
+              shape: tuple[int, int, int] = (3, 8, 8), k: int = 4, crop: int = 2) -> TrainData:
     """Random uint8 images with crop and flip, so every part of the step runs."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, k, (n,), generator=g)
+    x = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8).to(device)
+    y = torch.randint(0, k, (n,), generator=g).to(device)
     c = shape[0]
     return TrainData(Split(x, y), Split(x[:40], y[:40]), y, None,
-                     torch.full((1, c, 1, 1), 0.5), torch.full((1, c, 1, 1), 0.25), k,
+                     torch.full((1, c, 1, 1), 0.5, device=device),
+                     torch.full((1, c, 1, 1), 0.25, device=device), k,
                      crop_padding=crop, hflip=True)
 
 
@@ -188,3 +189,35 @@ def test_cached_model_reinitialised_equals_a_fresh_build(cfg, shape):
     assert_close(params_of(again), params_of(fresh), rtol=0, atol=0)  # bit-identical
     assert torch.equal(after_reuse, after_fresh)
     model_cache.clear()
+
+
+def test_compile_setting_names_a_mode():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model_cache.compile_mode(False, cuda) is None
+    assert model_cache.compile_mode(True, cpu) == "default"
+    assert model_cache.compile_mode(True, cuda) == "reduce-overhead"  # CUDA graphs
+    assert model_cache.compile_mode("max-autotune", cpu) == "max-autotune"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_training_and_evaluation_match_eager():
+    """trainer.compile=true on a GPU (inductor + CUDA graphs, bf16): the same losses, weights
+    and predictions as the eager path, to bf16 precision, over steps whose lambda and lr
+    change, then evaluation with a padded last batch."""
+    model_cache.clear()
+    torch._dynamo.reset()
+    gpu = Execution(torch.device("cuda"), torch.bfloat16, channels_last=True)
+    data = tiny_data("cuda")
+    out = []
+    for compile_ in (False, True):
+        model = model_cache.fresh_model(CNN, (3, 8, 8), 4, gpu, seed=0)
+        tr = Trainer(model, data, {**TRAINER, "compile": compile_},
+                     {"mixup_alpha": 1.0, "smoothing": 0.1}, gpu, seed=0)
+        assert tr.cuda_graphs == compile_
+        losses = [tr.train_epoch().loss for _ in range(2)]
+        out.append((losses, params_of(model), tr.predict(data.test.x)))
+    assert out[0][0] == pytest.approx(out[1][0], rel=2e-2)
+    assert_close(out[0][1], out[1][1], rtol=5e-2, atol=5e-3)
+    torch.testing.assert_close(out[0][2], out[1][2], rtol=5e-2, atol=5e-2)
+    model_cache.clear()
+    torch._dynamo.reset()

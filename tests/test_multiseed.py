@@ -77,8 +77,9 @@ def cfg_at(overrides: list[str], run_dir: Path):
 
 
 def test_job_writes_one_normal_run_per_seed_equal_to_separate_runs(tmp_path):
+    # On the CPU, where separate runs are reproducible to the bit (a GPU's atomics are not).
     over = TINY + ["trainer.epochs=1", "augmentation=mixup_smoothing", "noise=symmetric",
-                   "noise.rate=0.2"]
+                   "noise.rate=0.2", "trainer.device=cpu"]
     out = train(cfg_at(over + ["trainer.parallel_seeds=[0,1]"], tmp_path / "cell" / "seed=0"),
                 group="cell")
     assert len(out["runs"]) == 2
@@ -110,3 +111,23 @@ def test_lstm_is_refused_before_anything_is_written(tmp_path):
 def test_parallel_seeds_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="trainer.parallel_seeds"):
         train(make_cfg(TINY + ["trainer.parallel_seeds=[-1]"], run_dir=tmp_path))
+
+
+def test_batched_cnn_trains_under_bf16_autocast():
+    """BatchNorm under vmap and autocast: fp32 running stats with low-precision activations
+    (the GPU default) must train and agree with separate bf16 runs to bf16 precision. On a
+    GPU where there is one: CUDA's batch-norm backward is the one that checks dtypes."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = Execution(device, torch.bfloat16, channels_last=False)
+    cnn = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
+    data = tiny_data(device)
+    multi = MultiSeedTrainer(cnn, (3, 8, 8), data, TRAINER, AUG, bf16, SEEDS)
+    single = [Trainer(model_cache.fresh_model(cnn, (3, 8, 8), 4, bf16, s), data, TRAINER, AUG,
+                      bf16, s) for s in SEEDS]
+    batched, separate = multi.train_epoch(), [t.train_epoch() for t in single]
+    for b, s in zip(batched, separate):
+        assert b.finite and b.loss == pytest.approx(s.loss, rel=2e-2)
+    for k, tr in enumerate(single):
+        for name, value in tr.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                assert multi.state_dict(k)[name].dtype == value.dtype, name

@@ -34,6 +34,7 @@ BAD = [
     (["trainer.seed=-3"], "trainer.seed"),
     (["trainer.milestones=[0.5,-1]"], "trainer.milestones"),
     (["trainer.compile=yes"], "trainer.compile"),
+    (["trainer.compile=fastest"], "trainer.compile"),
     (["dataset.val_fraction=1.0"], "dataset.val_fraction"),
     (["dataset.num_classes=1"], "dataset.num_classes"),
     (["dataset.image_shape=[1,8]"], "dataset.image_shape"),
