@@ -12,7 +12,7 @@ METRICS = (
     "train_time_s",
 )
 # Per-run outputs that are not averaged; never part of a run's identity.
-OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s")
+OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s")
 # Bookkeeping. `augmentation` is the config's name only: α = ε = 0 under `mixup_smoothing`
 # is the same training as `none`, so the numbers (and `method`) say what a run is.
 # `config_fingerprint` hashes the whole config, seed included: an identity, not a setting.

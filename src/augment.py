@@ -41,14 +41,19 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def mixup_smoothing_loss(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
                          lam: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Cross entropy against smooth(lam * onehot(y) + (1 - lam) * onehot(y2)), without one-hots."""
+    """Cross entropy against smooth(lam * onehot(y) + (1 - lam) * onehot(y2)), without one-hots.
+
+    logits (..., B, K), labels (..., B), lam of shape (...): the batch mean for each leading
+    index, so K seeds trained together (src.multiseed) get their K losses from one call.
+    """
     logp = F.log_softmax(logits.float(), dim=-1)
     uniform = -logp.mean(-1)  # cross entropy against the uniform target eps / K
 
     def ce(labels: torch.Tensor) -> torch.Tensor:
-        return (1 - eps) * -logp.gather(1, labels[:, None]).squeeze(1) + eps * uniform
+        return (1 - eps) * -logp.gather(-1, labels[..., None]).squeeze(-1) + eps * uniform
 
-    return (lam * ce(y) + (1 - lam) * ce(y2)).mean()
+    lam = lam[..., None]  # over the batch
+    return (lam * ce(y) + (1 - lam) * ce(y2)).mean(-1)
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:

@@ -188,8 +188,7 @@ class MultiSeedTrainer:
         """One step of all copies: per-copy losses and lambda-weighted hits, shape (K,)."""
         with self.ex.autocast():
             logits = self._train_fn(self.params, self.buffers, x)
-        losses = vmap(mixup_smoothing_loss, in_dims=(0, 0, 0, 0, None))(
-            logits, y, y2, lam, self.eps)
+        losses = mixup_smoothing_loss(logits, y, y2, lam, self.eps)  # (K,): one per copy
         self.optimizer.zero_grad(set_to_none=True)
         # The sum's gradient with respect to copy k's parameters is copy k's own gradient.
         self.scaler.scale(losses.sum()).backward()
@@ -367,7 +366,7 @@ def _fit(cfg: DictConfig, multi: MultiSeedTrainer, data: TrainData, dirs: list[P
 
     epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.eval_every)
     active = set(range(len(dirs)))
-    train_s, images = [0.0] * len(dirs), [0] * len(dirs)
+    train_s, images, eval_s = [0.0] * len(dirs), [0] * len(dirs), 0.0
     progress = Progress(cfg.trainer.get("progress", "auto"), epochs)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -382,9 +381,11 @@ def _fit(cfg: DictConfig, multi: MultiSeedTrainer, data: TrainData, dirs: list[P
                 records[k]["error"] = f"non-finite training loss ({st.loss}) in epoch {epoch}"
                 active.discard(k)
             elif epoch % every == 0 or epoch == epochs:
+                t_eval = time.perf_counter()
                 rows[k] = {"epoch": epoch, "train_loss": st.loss, "train_acc": st.acc,
                            "lr": st.lr, **evaluate_epoch(multi.view(k), data),
                            "images_per_s": st.images / max(st.seconds, 1e-9)}
+                eval_s += time.perf_counter() - t_eval  # the seeds' evaluations, together
         for k, row in rows.items():
             row["epoch_time_s"] = time.perf_counter() - t0  # shared by the seeds
             histories[k].append(row)
@@ -397,6 +398,7 @@ def _fit(cfg: DictConfig, multi: MultiSeedTrainer, data: TrainData, dirs: list[P
         if k in active:
             r["status"] = "completed"
         r["train_time_s"] = train_s[k]
+        r["eval_time_s"] = eval_s
         r["images_per_s"] = images[k] / max(train_s[k], 1e-9)
 
 

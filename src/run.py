@@ -199,6 +199,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_s: float = 0.0
     images: int = 0
+    eval_s: float = 0.0
 
 
 def _resume(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> RunState:
@@ -240,8 +241,11 @@ def _fit(cfg: DictConfig, trainer: Trainer, data: TrainData, state: RunState,
             log.error("run diverged: %s", results["error"])
             break
         if epoch % every == 0 or epoch == epochs:
+            t_eval = time.perf_counter()
+            evaluated = evaluate_epoch(trainer, data)
+            state.eval_s += time.perf_counter() - t_eval
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
-                   "lr": stats.lr, **evaluate_epoch(trainer, data),
+                   "lr": stats.lr, **evaluated,
                    "epoch_time_s": time.perf_counter() - t0,
                    "images_per_s": stats.images / max(stats.seconds, 1e-9)}
             state.history.append(row)
@@ -257,6 +261,7 @@ def _fit(cfg: DictConfig, trainer: Trainer, data: TrainData, state: RunState,
     else:
         results["status"] = "completed"
     results["train_time_s"] = state.train_s
+    results["eval_time_s"] = state.eval_s
     results["images_per_s"] = state.images / max(state.train_s, 1e-9)
 
 

@@ -6,6 +6,7 @@ the value and what is allowed (src.errors.ConfigError).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -177,8 +178,21 @@ def validate(cfg: DictConfig) -> None:
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
 
 
+# Architectures already checked in this process: a sweep checks each once, not once per run
+# (the meta-device forward costs tens of milliseconds, as much as a short digits run trains).
+_CHECKED_MODELS: set[str] = set()
+
+
 def check_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, ...], k: int) -> None:
     """Build the model on the meta device and run a forward pass: no memory, no compute."""
+    key = json.dumps([dict(model_cfg), list(in_shape), k], sort_keys=True, default=str)
+    if key in _CHECKED_MODELS:
+        return
+    _check_model(model_cfg, in_shape, k)
+    _CHECKED_MODELS.add(key)
+
+
+def _check_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, ...], k: int) -> None:
     import torch
 
     from src.models import build_model
