@@ -18,7 +18,9 @@ RUNS ?= outputs/quickstart
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): $(REQ_FILES)
+# No file prerequisites: the folder's name already holds the requirements' hash, and a fresh
+# clone's files are newer than a shared environment's stamp, which must not rebuild it.
+$(STAMP):
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

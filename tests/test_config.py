@@ -46,3 +46,17 @@ def test_every_dataset_declares_its_shape_classes_and_augmentation():
         assert {"crop_padding", "hflip"} <= set(ds.augment)
         if ds.name in ("cifar10", "cifar100", "svhn"):
             assert ds.augment.crop_padding == 4 and ds.augment.hflip
+
+
+@pytest.mark.parametrize("target", ["demo", "sweep"])
+def test_make_study_targets_pass_overrides_the_studies_accept(target):
+    """The Hydra overrides `make demo` and `make sweep` add compose with every study."""
+    makefile = (CONF.parent / "Makefile").read_text().splitlines()
+    recipe = makefile[makefile.index(next(l for l in makefile if l.startswith(f"{target}:"))) + 1]
+    extra = [t for t in recipe.split()
+             if "=" in t and "$" not in t and not t.startswith("+experiment=")]
+    for name in EXPERIMENTS:
+        cfg = make_cfg([f"+experiment={name}", *extra], run_dir=Path("/tmp/x"),
+                       hydra_config=True)
+        assert cfg.hydra.callbacks.analysis.quiet is ("hydra.callbacks.analysis.quiet=true"
+                                                      in extra)
