@@ -26,11 +26,17 @@ def make_cfg(overrides: list[str], run_dir: Path | None = None,
         return compose("config", overrides=overrides + extra, return_hydra_config=hydra_config)
 
 
+def pythonpath() -> str:
+    """The checkout first, then whatever PYTHONPATH the caller already had (an environment
+    assembled from paths must reach the subprocesses too)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def run_module(args: list[str], cwd: Path, timeout: int = 300, env_extra: dict | None = None):
     """Run `python -m src.train ARGS` in a subprocess from `cwd`."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled",
            "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -21,6 +21,7 @@ from analysis import AnalysisError, analyse, load_runs
 from analysis.__main__ import main
 from analysis.stats import welch_p
 from analysis.wandb_push import push
+from tests.conftest import pythonpath
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,7 +231,7 @@ def test_path_without_runs_raises_and_cli_exits_nonzero(tmp_path):
         load_runs([empty])
     with pytest.raises(AnalysisError, match="no such file"):
         analyse([tmp_path / "missing"])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     proc = subprocess.run([sys.executable, "-m", "analysis", str(empty)], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode != 0

@@ -52,7 +52,8 @@ def test_every_dataset_declares_its_shape_classes_and_augmentation():
 def test_make_study_targets_pass_overrides_the_studies_accept(target):
     """The Hydra overrides `make demo` and `make sweep` add compose with every study."""
     makefile = (CONF.parent / "Makefile").read_text().splitlines()
-    recipe = makefile[makefile.index(next(l for l in makefile if l.startswith(f"{target}:"))) + 1]
+    start = next(i for i, line in enumerate(makefile) if line.startswith(f"{target}:"))
+    recipe = makefile[start + 1]
     extra = [t for t in recipe.split()
              if "=" in t and "$" not in t and not t.startswith("+experiment=")]
     for name in EXPERIMENTS:

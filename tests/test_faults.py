@@ -10,7 +10,7 @@ import time
 import pytest
 
 from src.results import read_json, read_metrics, write_json_atomic
-from tests.conftest import ROOT, TINY, make_cfg, run_module
+from tests.conftest import TINY, make_cfg, pythonpath, run_module
 
 # Long enough to be stopped in the middle, short enough for CI (~0.1 s an epoch).
 LONG = ["trainer.epochs=30", "trainer.batch_size=32", "model=cnn", "model.channels=[16,32]",
@@ -21,7 +21,7 @@ SAME = ["final_test_acc", "best_test_acc", "best_epoch", "final_test_loss", "fin
 
 
 def _popen(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
