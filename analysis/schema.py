@@ -18,7 +18,7 @@ OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s")
 # `config_fingerprint` hashes the whole config, seed included: an identity, not a setting.
 META = (
     "status", "error", "experiment", "group", "run_dir", "augmentation", "device", "amp",
-    "started_at", "finished_at", "results_mtime", "config_fingerprint",
+    "started_at", "finished_at", "results_mtime", "config_fingerprint", "trained_with_seeds",
 )
 NOT_CONFIG = frozenset(METRICS + OTHER_OUTPUTS + META)
 

@@ -399,6 +399,7 @@ def _fit(cfg: DictConfig, multi: MultiSeedTrainer, data: TrainData, dirs: list[P
             r["status"] = "completed"
         r["train_time_s"] = train_s[k]
         r["eval_time_s"] = eval_s
+        r["trained_with_seeds"] = ",".join(str(s) for s in multi.seeds)  # times shared
         r["images_per_s"] = images[k] / max(train_s[k], 1e-9)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from src import bench, reference
 from src.augment import mixup_smoothing_loss
+from tests.conftest import TINY
 
 RESULT_FIELDS = {"name", "seconds", "seconds_all", "device_seconds", "images", "images_per_s"}
 SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "speedup_vs_reference",
@@ -75,3 +77,37 @@ def test_reference_epoch_trains_with_per_image_transforms():
     res = reference.train_epoch(model, loader, reference.make_optimizer(model), 1.0, 0.1,
                                 torch.device("cpu"))
     assert res.images == 20 and np.isfinite(res.loss) and 0 <= res.acc <= 1
+
+
+def test_sweep_time_accounts_for_every_run(tmp_path):
+    """A two-run sweep, timed from outside: the JSON's seconds add up and name the runs."""
+    from src import sweep_time
+
+    out = tmp_path / "sweep_time.json"
+    report = sweep_time.main([*TINY, "augmentation=none,mixup",
+                              "trainer.seed=0", "noise=none", "--dir", str(tmp_path / "s"),
+                              "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert report["runs"] == report["completed"] == 2
+    assert 0 < report["train_s"] and 0 < report["eval_s"]
+    assert report["outside_s"] == pytest.approx(
+        report["wall_s"] - report["train_s"] - report["eval_s"])
+    assert 0 < report["outside_fraction"] < 1
+    assert "augmentation=none,mixup" in report["command"]
+    assert "augmentation=none,mixup,smoothing" not in report["command"]  # the axis replaced
+
+
+def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
+    from src.sweep_time import account
+
+    for seed in (0, 1):
+        d = tmp_path / "cell" / f"seed={seed}"
+        d.mkdir(parents=True)
+        d.joinpath("results.json").write_text(json.dumps(
+            {"status": "completed", "group": "cell", "trained_with_seeds": "0,1",
+             "train_time_s": 2.0, "eval_time_s": 0.5}))
+    alone = tmp_path / "other" / "seed=0"
+    alone.mkdir(parents=True)
+    alone.joinpath("results.json").write_text(json.dumps(
+        {"status": "completed", "group": "other", "train_time_s": 1.0, "eval_time_s": 0.25}))
+    assert account(tmp_path) == {"runs": 3, "completed": 3, "train_s": 3.0, "eval_s": 0.75}
