@@ -168,9 +168,10 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
         trainer = Trainer(model, data, cfg.trainer, cfg.augmentation, ex, int(cfg.trainer.seed))
         state = _resume(cfg, trainer, run_dir)
         history = state.history
+        resumed = state.epoch > 0 or trainer.epoch_state is not None
         logger = make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
                              f"{group or cfg.task_name}/seed={cfg.trainer.seed}",
-                             str(run_dir))
+                             str(run_dir), resume=resumed)
         with catch_preemption() as stop:
             _fit(cfg, trainer, data, state, logger, run_dir, results, stop)
         if results["status"] == "completed" and not cfg.trainer.keep_checkpoint:

@@ -1,6 +1,7 @@
 """Real short training runs on the bundled digits: learning, the results contract, determinism."""
 
 import json
+import sys
 
 import pytest
 
@@ -162,3 +163,37 @@ def test_completed_run_of_another_config_is_not_skipped_silently(tmp_path):
         _train(tmp_path, ["trainer.lr=0.01"])
     assert read_json(tmp_path / "run" / "results.json")["status"] == "completed"
     assert (tmp_path / "run" / "config.yaml").read_text().count("lr: 0.1") == 1
+
+
+class _FakeRun:
+    def __init__(self) -> None:
+        self.summary: dict = {}
+
+    def define_metric(self, *args, **kwargs) -> None:
+        pass
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+def test_resumed_job_logs_into_its_own_wandb_run(tmp_path, monkeypatch):
+    """A job continued from its checkpoint reuses its W&B run id (resume="allow"); a job that
+    starts over gets a new run."""
+    import types
+
+    from src.loggers import WANDB_ID, make_logger
+
+    inits: list[dict] = []
+    fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or _FakeRun(),
+                                 Settings=lambda **kw: kw)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = {"name": "wandb", "mode": "offline", "project": "p"}
+    for resume in (False, True, False):
+        make_logger(cfg, {}, "job", str(tmp_path), resume=resume)
+    first, resumed, fresh = (kw["id"] for kw in inits)
+    assert resumed == first and fresh != first
+    assert all(kw["resume"] == "allow" for kw in inits)
+    assert (tmp_path / WANDB_ID).read_text().strip() == fresh
