@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -72,8 +71,9 @@ import torch
 import yaml
 
 from src.augment import mixup_smoothing_loss
-from src.device import Execution, resolve_amp, resolve_device, use_fast_kernels
+from src.device import AMP_CHOICES, Execution, resolve_amp, resolve_device, use_fast_kernels
 from src.models import build_model
+from src.results import write_json_atomic
 from src.trainer import Split, TrainData, Trainer, build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -353,8 +353,20 @@ def print_table(report: dict[str, Any]) -> None:
         dev = f"{r['device_seconds']:.5f}" if r["device_seconds"] is not None else "-"
         print(f"{r['name']:18s} {r['seconds']:10.5f} {dev:>10s} {r['images']:8d} "
               f"{r['images_per_s']:10.0f}")
-    for k, v in report["summary"].items():
+    print_fields(report["summary"])
+
+
+def print_fields(fields: dict[str, Any], keys: Any = None) -> None:
+    """One `name value` line per field (floats to 4 significant digits)."""
+    for k in keys or fields:
+        v = fields[k]
         print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> None:
+    """The report as JSON at `out` (atomically), and where it went."""
+    write_json_atomic(out, report)
+    print(f"written: {out}")
 
 
 # ---------------------------------------------------------------- entry
@@ -396,6 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="outputs/bench/bench.json")
     p.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (CI)")
     args = p.parse_args(argv)
+    check_args(p, args)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         args.model_arg = args.model_arg or list(SMOKE_MODEL_ARGS)
@@ -410,6 +423,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
         args.ref_workers = default_workers()
     return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad values stop here, with the option, the value and what is allowed, before any data
+    is loaded or anything timed."""
+    from src.model_cache import COMPILE_MODES
+
+    def names(group: str) -> list[str]:
+        return sorted(f.stem for f in (CONF / group).glob("*.yaml"))
+
+    def bad(option: str, value: Any, allowed: str) -> None:
+        p.error(f"{option}={value!r}: expected {allowed}")
+
+    if args.dataset not in names("dataset"):
+        bad("--dataset", args.dataset, f"one of {names('dataset')}")
+    if args.model not in names("model"):
+        bad("--model", args.model, f"one of {names('model')}")
+    if args.compile not in (True, False, *COMPILE_MODES):
+        bad("--compile", args.compile, f"no value or one of {list(COMPILE_MODES)}")
+    if args.amp not in AMP_CHOICES:
+        bad("--amp", args.amp, f"one of {list(AMP_CHOICES)}")
+    if args.shape is not None:
+        parts = args.shape.split(",")
+        if len(parts) != 3 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
+            bad("--shape", args.shape, "three positive integers C,H,W, e.g. 3,32,32")
+    for option in ("batch_size", "repeats", "steps", "num_classes"):
+        if getattr(args, option) < 1:
+            bad("--" + option.replace("_", "-"), getattr(args, option), "an integer >= 1")
+    for option in ("warmup", "parallel_seeds"):
+        if getattr(args, option) < 0:
+            bad("--" + option.replace("_", "-"), getattr(args, option), "an integer >= 0")
+    if args.n is not None and args.n < 1:
+        bad("--n", args.n, "an integer >= 1")
+    if not 0 <= args.alpha:
+        bad("--alpha", args.alpha, "a number >= 0 (0 = no Mixup)")
+    if not 0 <= args.eps < 1:
+        bad("--eps", args.eps, "a number in [0, 1)")
 
 
 def _auto_bool(text: str) -> str | bool:
@@ -464,10 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {out}")
+    write_report(report, args.out)
     return report
 
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from src.results import RESULTS, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["augmentation=none,mixup,smoothing,mixup_smoothing", "noise=none,symmetric",
@@ -46,7 +47,7 @@ def sweep_args(overrides: list[str]) -> list[str]:
 
 def account(sweep_dir: Path) -> dict[str, Any]:
     """Runs, completed runs, and training and evaluation seconds found under sweep_dir."""
-    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("results.json"))]
+    runs = [r for p in sorted(sweep_dir.rglob(RESULTS)) if (r := read_json(p)) is not None]
     train = evaluate = 0.0
     shared: set[tuple] = set()
     for r in runs:
@@ -90,19 +91,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report = measure(args.overrides, Path(args.dir or tmp).resolve())
     import torch
 
-    from src.bench import machine
+    from src.bench import machine, print_fields, write_report
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # trainer.device=auto
     report = {"created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine(device), **report}
-    for key in ("runs", "completed", "wall_s", "train_s", "eval_s", "outside_s",
-                "outside_fraction", "per_run_outside_s"):
-        v = report[key]
-        print(f"{key:18s} {v:.4g}" if isinstance(v, float) else f"{key:18s} {v}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {out}")
+    print_fields(report, ("runs", "completed", "wall_s", "train_s", "eval_s", "outside_s",
+                          "outside_fraction", "per_run_outside_s"))
+    write_report(report, args.out)
     return report
 
 

@@ -111,3 +111,33 @@ def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
     alone.joinpath("results.json").write_text(json.dumps(
         {"status": "completed", "group": "other", "train_time_s": 1.0, "eval_time_s": 0.25}))
     assert account(tmp_path) == {"runs": 3, "completed": 3, "train_s": 3.0, "eval_s": 0.75}
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["--model", "resnet9"], "--model"),
+    (["--dataset", "imagenet"], "--dataset"),
+    (["--compile", "fastest"], "--compile"),
+    (["--amp", "fp8"], "--amp"),
+    (["--shape", "3,32"], "--shape"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--parallel-seeds", "-2"], "--parallel-seeds"),
+    (["--eps", "1.5"], "--eps"),
+])
+def test_bad_command_line_is_refused_before_anything_runs(argv, option, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*argv, "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{option}=" in err and "expected" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_failed_sweep_is_reported_with_its_error(tmp_path):
+    from src import sweep_time
+
+    out = tmp_path / "st.json"
+    with pytest.raises(SystemExit, match="augmentation.smoothing"):
+        sweep_time.main(["augmentation.smoothing=2", "--dir", str(tmp_path / "s"),
+                         "--out", str(out)])
+    assert not out.exists()
