@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas o
 from analysis.aggregate import Panel, fmt_value
 from analysis.schema import METRICS_LOG
 from analysis.tables import Grid
+from src.results import read_metrics
 
 METHODS = ("none", "mixup", "smoothing", "mixup_smoothing")
 COLORS = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
@@ -78,10 +78,9 @@ def read_curves(runs: pd.DataFrame) -> pd.DataFrame:
     """test_acc per epoch of every run with a metrics log, with its α and ε."""
     frames = []
     for r in runs.itertuples():
-        log = Path(r.run_dir) / METRICS_LOG
-        if not log.exists():
+        recs = read_metrics(Path(r.run_dir) / METRICS_LOG)
+        if not recs:
             continue
-        recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         f = pd.DataFrame(recs, columns=["epoch", "test_acc"]).dropna()
         frames.append(f.assign(method=r.method, mixup_alpha=r.mixup_alpha, smoothing=r.smoothing,
                                seed=r.seed))

@@ -73,11 +73,13 @@ def best_eps_moves(panels: list[Panel], table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _alone(p: Panel, alpha: float, eps: float) -> tuple[str, pd.Series] | None:
-    """The better of Mixup alone (α, 0) and smoothing alone (0, ε), where either exists."""
-    found = [(n, c) for n, c in (("mixup", p.cell(alpha, 0.0)), ("smoothing", p.cell(0.0, eps)))
+def _alone(singles: dict[str, tuple[tuple[float, float], pd.Series | None]]
+           ) -> tuple[str, tuple[float, float], pd.Series] | None:
+    """The better of Mixup alone (α, 0) and smoothing alone (0, ε), where either exists:
+    its name, its (α, ε) and its cell."""
+    found = [(n, key, c) for n, (key, c) in singles.items()
              if c is not None and not math.isnan(c[f"{ACC}_mean"])]
-    return max(found, key=lambda nc: nc[1][f"{ACC}_mean"]) if found else None
+    return max(found, key=lambda f: f[2][f"{ACC}_mean"]) if found else None
 
 
 def combination_hurts(panels: list[Panel]) -> tuple[pd.DataFrame, int]:
@@ -85,17 +87,18 @@ def combination_hurts(panels: list[Panel]) -> tuple[pd.DataFrame, int]:
     rows, compared = [], 0
     for p in panels:
         for c in p.cells[(p.cells["mixup_alpha"] > 0) & (p.cells["smoothing"] > 0)].itertuples():
-            alone = _alone(p, c.mixup_alpha, c.smoothing)
+            singles = {"mixup": ((c.mixup_alpha, 0.0), p.cell(c.mixup_alpha, 0.0)),
+                       "smoothing": ((0.0, c.smoothing), p.cell(0.0, c.smoothing))}
+            alone = _alone(singles)
             if alone is None:
                 continue
             compared += 1
-            name, ref = alone
-            mix, smo = p.cell(c.mixup_alpha, 0.0), p.cell(0.0, c.smoothing)
+            name, ref_key, ref = alone
+            mix, smo = singles["mixup"][1], singles["smoothing"][1]
             diff = getattr(c, f"{ACC}_mean") - ref[f"{ACC}_mean"]
             if not diff < 0:
                 continue
-            ref_vals = p.values_of(ACC, *((c.mixup_alpha, 0.0) if name == "mixup"
-                                          else (0.0, c.smoothing)))
+            ref_vals = p.values_of(ACC, *ref_key)
             rows.append({
                 "panel": p.label, "mixup_alpha": c.mixup_alpha, "smoothing": c.smoothing,
                 "combined_mean": getattr(c, f"{ACC}_mean"), "combined_n": c.n,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-RESULTS = "results.json"
-METRICS_LOG = "metrics.jsonl"
+from src.results import METRICS as METRICS_LOG  # noqa: F401  (METRICS here: the metric keys)
+from src.results import RESULTS  # noqa: F401
 
 # Aggregated over seeds (mean, std with ddof=1, n).
 METRICS = (

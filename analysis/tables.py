@@ -50,7 +50,7 @@ def grid(panel: Panel, metric: str) -> Grid:
     std = _pivot(panel.cells, f"{metric}_std", scale)
     n = _pivot(panel.cells, f"{metric}_n").fillna(0).astype(int)
     target = mean.max().max() if higher else mean.min().min()
-    best = (mean == target) if not math.isnan(target) else mean.notna() & False
+    best = mean == target  # all False when every cell is NaN (NaN equals nothing)
     return Grid(metric, title, mean, std, n, best)
 
 

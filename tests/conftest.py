@@ -32,14 +32,28 @@ def pythonpath() -> str:
     return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
-def run_module(args: list[str], cwd: Path, timeout: int = 300, env_extra: dict | None = None):
-    """Run `python -m src.train ARGS` in a subprocess from `cwd`."""
+def module_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a subprocess running this checkout's code, W&B off."""
+    return {**os.environ, "PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled",
+            "HYDRA_FULL_ERROR": "0", **(extra or {})}
+
+
+def run_module(args: list[str], cwd: Path, timeout: int = 300, env_extra: dict | None = None,
+               module: str = "src.train"):
+    """Run `python -m MODULE ARGS` in a subprocess from `cwd`, to completion."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled",
-           "HYDRA_FULL_ERROR": "0", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                          env=module_env(env_extra), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def popen_module(args: list[str], cwd: Path, **popen_kwargs):
+    """Start `python -m src.train ARGS` in a subprocess from `cwd` (to stop it midway)."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=cwd,
+                            env=module_env(), **popen_kwargs)
 
 
 @pytest.fixture

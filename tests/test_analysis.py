@@ -6,9 +6,7 @@ import contextlib
 import io
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,9 +19,7 @@ from analysis import AnalysisError, analyse, load_runs
 from analysis.__main__ import main
 from analysis.stats import welch_p
 from analysis.wandb_push import push
-from tests.conftest import pythonpath
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import run_module
 
 # final test accuracy per (noise_rate, α, ε) and seed. At 40 % noise: ε = 0.1 helps at α = 0,
 # hurts at α = 0.4 (the planted "combination hurts" case: 0.735 < Mixup alone 0.77); the
@@ -231,9 +227,7 @@ def test_path_without_runs_raises_and_cli_exits_nonzero(tmp_path):
         load_runs([empty])
     with pytest.raises(AnalysisError, match="no such file"):
         analyse([tmp_path / "missing"])
-    env = {**os.environ, "PYTHONPATH": pythonpath()}
-    proc = subprocess.run([sys.executable, "-m", "analysis", str(empty)], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=60)
+    proc = run_module([str(empty)], cwd=tmp_path, timeout=60, module="analysis")
     assert proc.returncode != 0
     assert str(empty) in proc.stderr and "holds no runs" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

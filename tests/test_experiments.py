@@ -2,7 +2,6 @@
 
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from src.results import read_json
-from tests.conftest import CONF, pythonpath, run_module
+from tests.conftest import CONF, popen_module, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +87,7 @@ def test_experiment_runs_as_a_real_multirun(tmp_path, cifar_like, name):
 def test_rerun_of_an_interrupted_study_finishes_only_the_missing_runs(tmp_path):
     args = ["+experiment=quickstart", "trainer.epochs=3", "augmentation.mixup_alpha=0,0.4",
             "augmentation.smoothing=0,0.1", "noise.rate=0.4", "trainer.seed=0,1"] + NO_ANALYSIS
-    env = {"PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=tmp_path,
-                            env={**__import__("os").environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = popen_module(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study = tmp_path / "outputs" / "quickstart"
     deadline = time.time() + 300
     while len(list(study.rglob("results.json"))) < 3 and time.time() < deadline:

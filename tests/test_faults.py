@@ -1,6 +1,5 @@
 """Nothing lost: resume after SIGKILL and SIGTERM, bad checkpoints, divergence, failures."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import time
 import pytest
 
 from src.results import read_json, read_metrics, write_json_atomic
-from tests.conftest import TINY, make_cfg, pythonpath, run_module
+from tests.conftest import TINY, make_cfg, popen_module, run_module
 
 # Long enough to be stopped in the middle, short enough for CI (~0.1 s an epoch).
 LONG = ["trainer.epochs=30", "trainer.batch_size=32", "model=cnn", "model.channels=[16,32]",
@@ -21,9 +20,7 @@ SAME = ["final_test_acc", "best_test_acc", "best_epoch", "final_test_loss", "fin
 
 
 def _popen(args, cwd):
-    env = {**os.environ, "PYTHONPATH": pythonpath(), "WANDB_MODE": "disabled"}
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return popen_module(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_epochs(run_dir, n, proc, timeout=120):
@@ -34,6 +31,28 @@ def _wait_for_epochs(run_dir, n, proc, timeout=120):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     raise AssertionError(f"run did not reach epoch {n}")
+
+
+def _kill_after(args, cwd, run_dir, epochs, settle=0.0):
+    """Start the run, SIGKILL it once `epochs` epochs are logged (and `settle` s later)."""
+    proc = _popen(args, cwd)
+    _wait_for_epochs(run_dir, epochs, proc)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _rerun_matches(args, cwd, run_dir, reference):
+    """Run the job again to its end; its results equal the uninterrupted run's."""
+    out = run_module(args, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _same(read_json(run_dir / "results.json"), reference[0])
+    return out
+
+
+def _by_status(root):
+    """Every results.json under root, by its status."""
+    return {r["status"]: r for r in map(read_json, root.rglob("results.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +72,11 @@ def _same(a, b):
 def test_sigkill_mid_run_then_rerun_gives_identical_results(tmp_path, reference):
     run_dir = tmp_path / "run"
     args = LONG + [f"hydra.run.dir={run_dir}"]
-    proc = _popen(args, tmp_path)
-    _wait_for_epochs(run_dir, 5, proc)
-    time.sleep(0.05)  # land inside an epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after(args, tmp_path, run_dir, 5, settle=0.05)  # land inside an epoch
     assert not (run_dir / "results.json").exists()
     assert (run_dir / "checkpoint.pt").exists()
-    out = run_module(args, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _rerun_matches(args, tmp_path, run_dir, reference)
     assert "resuming" in out.stderr + out.stdout
-    _same(read_json(run_dir / "results.json"), reference[0])
     got = read_metrics(run_dir / "metrics.jsonl")
     assert [r["test_acc"] for r in got] == [r["test_acc"] for r in reference[1]]
     assert not (run_dir / "checkpoint.pt").exists()  # removed once completed
@@ -82,26 +95,19 @@ def test_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, reference, s
     res = read_json(run_dir / "results.json")
     assert res["status"] == "interrupted" and sig.name in res["error"]
     assert (run_dir / "checkpoint.pt").exists()
-    out = run_module(args, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    _same(read_json(run_dir / "results.json"), reference[0])
+    _rerun_matches(args, tmp_path, run_dir, reference)
 
 
 @pytest.mark.slow
 def test_truncated_checkpoint_is_reported_and_run_starts_over(tmp_path, reference):
     run_dir = tmp_path / "run"
     args = LONG + [f"hydra.run.dir={run_dir}"]
-    proc = _popen(args, tmp_path)
-    _wait_for_epochs(run_dir, 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after(args, tmp_path, run_dir, 3)
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     (run_dir / "checkpoint.prev.pt").write_bytes(b"not a checkpoint")
-    out = run_module(args, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _rerun_matches(args, tmp_path, run_dir, reference)
     assert "unreadable" in out.stderr + out.stdout
-    _same(read_json(run_dir / "results.json"), reference[0])
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -122,8 +128,7 @@ def test_checkpoint_is_never_unpickled_as_code(tmp_path):
 def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
     out = run_module(["-m", "model=mlp", "trainer.lr=50,0.05", "trainer.schedule=constant",
                       "trainer.epochs=3", "trainer.progress=false"], cwd=tmp_path)
-    found = {read_json(p)["status"]: read_json(p)
-             for p in (tmp_path / "outputs").rglob("results.json")}
+    found = _by_status(tmp_path / "outputs")
     assert set(found) == {"diverged", "completed"}, out.stderr[-3000:]
     assert "non-finite" in found["diverged"]["error"]
     assert out.returncode == 0
@@ -148,8 +153,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as info:
         entry.cli()
     assert info.value.code == 1
-    found = {read_json(p)["status"]: read_json(p)
-             for p in (tmp_path / "outputs").rglob("results.json")}
+    found = _by_status(tmp_path / "outputs")
     assert set(found) == {"failed", "completed"}
     assert found["failed"]["error"] == "RuntimeError: injected failure"
 
@@ -164,7 +168,7 @@ def test_disk_full_leaves_previous_results_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError):
         write_json_atomic(path, {"status": "failed"})
-    assert json.loads(path.read_text())["final_test_acc"] == 0.9
+    assert read_json(path)["final_test_acc"] == 0.9
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
