@@ -55,7 +55,6 @@ a few seconds. Measured figures are in the README's Performance section.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import statistics
@@ -71,9 +70,12 @@ import torch
 import yaml
 
 from src.augment import mixup_smoothing_loss
-from src.device import AMP_CHOICES, Execution, resolve_amp, resolve_device, use_fast_kernels
+from src.device import Execution, resolve_device, resolve_execution
+from src.errors import ConfigError
+from src.model_cache import compile_mode, get_model
 from src.models import build_model
-from src.results import write_json_atomic
+from src.options import AMP_CHOICES, COMPILE_MODES
+from src.results import now_iso, write_json_atomic
 from src.trainer import Split, TrainData, Trainer, build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -428,7 +430,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad values stop here, with the option, the value and what is allowed, before any data
     is loaded or anything timed."""
-    from src.model_cache import COMPILE_MODES
 
     def names(group: str) -> list[str]:
         return sorted(f.stem for f in (CONF / group).glob("*.yaml"))
@@ -442,6 +443,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         bad("--model", args.model, f"one of {names('model')}")
     if args.compile not in (True, False, *COMPILE_MODES):
         bad("--compile", args.compile, f"no value or one of {list(COMPILE_MODES)}")
+    try:
+        resolve_device(args.device)
+    except ConfigError as err:
+        bad("--device", args.device, err.allowed)
     if args.amp not in AMP_CHOICES:
         bad("--amp", args.amp, f"one of {list(AMP_CHOICES)}")
     if args.shape is not None:
@@ -470,18 +475,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything the arguments ask for; return the report object."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    use_fast_kernels(device)
-    cl = device.type == "cuda" if args.channels_last == "auto" else bool(args.channels_last)
-    ex = Execution(device, resolve_amp(args.amp, device), cl)
+    tcfg = trainer_config(args)
+    ex = resolve_execution(tcfg)  # as a run resolves device, precision and layout
+    device, cl = ex.device, ex.channels_last
     ds, x, y = load_data(args)
     crop = ds["augment"]["crop_padding"] if args.crop_padding is None else args.crop_padding
     hflip = ds["augment"]["hflip"] if args.hflip is None else bool(args.hflip)
     shape = tuple(int(v) for v in ds["image_shape"])
-    model_cfg, tcfg = model_config(args.model, args.model_arg), trainer_config(args)
+    model_cfg = model_config(args.model, args.model_arg)
     data = train_data(ds, x, y, crop, hflip, device)
-    from src.model_cache import compile_mode, get_model
-
     model = get_model(model_cfg, shape, data.num_classes, ex, seed=0)
     trainer = Trainer(model, data, tcfg, {"mixup_alpha": args.alpha, "smoothing": args.eps},
                       ex, seed=0)
@@ -502,7 +504,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "warmup": args.warmup, "repeats": args.repeats, "steps": args.steps,
               "ref_workers": args.ref_workers, "parallel_seeds": args.parallel_seeds,
               "peak_tflops": args.peak_tflops, "smoke": args.smoke}
-    return {"schema": 1, "created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    return {"schema": 1, "created_at": now_iso(),
             "command": " ".join(["python -m src.bench", *args.argv]),
             "machine": machine(device), "config": config, "flops": flops,
             "results": list(rows.values()),

@@ -10,8 +10,7 @@ from typing import Any
 import torch
 
 from src.errors import ConfigError
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+from src.options import AMP_CHOICES
 
 
 @dataclass(frozen=True)

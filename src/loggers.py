@@ -11,7 +11,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("online", "offline", "disabled")
 _SERVER_DOWN = False  # set once W&B failed to connect in this process
 
 

@@ -96,11 +96,6 @@ def get_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int], num_
     return model
 
 
-# trainer.compile: false, true, or one of torch.compile's modes by name.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-
-
 def compile_mode(setting: Any, device: torch.device) -> str | None:
     """The torch.compile mode of `trainer.compile` (None: eager).
 

@@ -38,7 +38,6 @@ bound by per-operation overhead rather than arithmetic.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
 import re
 import time
@@ -141,7 +140,8 @@ class MultiSeedTrainer:
 
     def batch(self, idx: torch.Tensor) -> torch.Tensor:
         """(K, B, C, H, W) normalised images; crops and flips from each copy's generator."""
-        x = self.data.train.x[idx]
+        # Plain NCHW: the run's data may be cached channels-last, a layout vmap cannot query.
+        x = self.data.train.x[idx].contiguous()
         if self.data.crop_padding > 0 or self.data.hflip:
             xs = []
             for k, gen in enumerate(self.gens):  # per copy: the draws of its separate run
@@ -159,11 +159,13 @@ class MultiSeedTrainer:
         lr = self.lr
         loss_sum = torch.zeros(k, device=self.device)
         correct_sum = torch.zeros(k, device=self.device)
+        ones = torch.ones(k, device=self.device)  # lambda without Mixup
         start = time.perf_counter()
         for i in range(steps):
-            x = self.batch(orders[:, i * bs:(i + 1) * bs])
-            y = y2 = self.data.train.y[orders[:, i * bs:(i + 1) * bs]]
-            lam = torch.ones(k, device=self.device)
+            idx = orders[:, i * bs:(i + 1) * bs]
+            x = self.batch(idx)
+            y = y2 = self.data.train.y[idx]
+            lam = ones
             if lams is not None:
                 lam = lams[:, i]
                 perm = torch.stack([torch.randperm(bs, generator=g, device=self.device)
@@ -209,7 +211,7 @@ class MultiSeedTrainer:
         bs = int(self.cfg.get("eval_batch_size", 1024))
         out = []
         for i in range(0, len(x), bs):
-            xb = (x[i:i + bs].float().div_(255) - self.data.mean) / self.data.std
+            xb = (x[i:i + bs].contiguous().float().div_(255) - self.data.mean) / self.data.std
             with self.ex.autocast():
                 out.append(self._eval_fn(self.params, self.buffers, xb).float())
         logits = torch.cat(out, dim=1)
@@ -280,7 +282,9 @@ def run_parallel(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     group = seed_group(group)
     cfgs = {s: seed_config(cfg, s, d)
             for s, d in zip(seeds, seed_dirs(Path(cfg.paths.run_dir), seeds))}
-    done = {s: r for s in seeds if (r := _completed(cfgs[s])) is not None}
+    from src.train import completed_results
+
+    done = {s: r for s in seeds if (r := completed_results(cfgs[s])) is not None}
     todo = [s for s in seeds if s not in done]
     if todo:
         done.update(_train_seeds([cfgs[s] for s in todo], group))
@@ -289,40 +293,12 @@ def run_parallel(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     return {"final_test_acc": float(np.mean(accs)) if accs else None, "runs": runs}
 
 
-def _completed(cfg: DictConfig) -> dict[str, Any] | None:
-    """The results of a completed run of this exact config in its directory (skip_completed)."""
-    from src.fingerprint import fingerprint
-    from src.results import RESULTS, is_completed, read_json
-
-    run_dir = Path(cfg.paths.run_dir)
-    if not (cfg.skip_completed and is_completed(run_dir)):
-        return None
-    done = read_json(run_dir / RESULTS) or {}
-    if done.get("config_fingerprint") != fingerprint(cfg):
-        raise ConfigError("skip_completed", True, "false to overwrite, or another sweep folder",
-                          hint=f"{run_dir} holds a completed run of a different configuration")
-    log.info("skipping %s: results.json says completed", run_dir)
-    return done
-
-
-def _header(cfg: DictConfig, group: str, noisy: Any, ex: Execution) -> dict[str, Any]:
-    """The keys src.run.run writes before training, for one seed."""
-    from src.fingerprint import fingerprint
-    from src.run import run_identity
-
-    return {"status": "running", "error": None, **run_identity(cfg, group),
-            "noise_rate_realized": noisy.realized_rate,
-            **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
-            "device": str(ex.device), "amp": ex.amp, "started_at": _now(),
-            "config_fingerprint": fingerprint(cfg)}
-
-
 def _train_seeds(cfgs: list[DictConfig], group: str) -> dict[int, dict[str, Any]]:
     """Prepare the data once, train the seeds together, write every seed's records."""
     from src import noise as noise_lib
     from src.device import resolve_execution
-    from src.results import RESULTS, write_json_atomic
-    from src.run import parallel_job_number, prepare_data, summarise
+    from src.results import RESULTS, now_iso, write_json_atomic
+    from src.run import parallel_job_number, prepare_data, results_header, summarise
 
     first, seeds = cfgs[0], [int(c.trainer.seed) for c in cfgs]
     dirs = [Path(c.paths.run_dir) for c in cfgs]
@@ -332,7 +308,8 @@ def _train_seeds(cfgs: list[DictConfig], group: str) -> dict[int, dict[str, Any]
     data, noisy = prepare_data(first, ex, dirs[0])  # the noise is the same for every seed
     for c, d in zip(cfgs[1:], dirs[1:]):
         noise_lib.save_noise(noisy, d, OmegaConf.to_container(c.noise, resolve=True))
-    records = [_header(c, group, noisy, ex) for c in cfgs]
+    started = now_iso()
+    records = [results_header(c, group, noisy, ex, started) for c in cfgs]
     for c, d in zip(cfgs, dirs):
         OmegaConf.save(c, d / "config.yaml", resolve=True)
     histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
@@ -351,7 +328,7 @@ def _train_seeds(cfgs: list[DictConfig], group: str) -> dict[int, dict[str, Any]
         for r, h, d in zip(records, histories, dirs):
             r.update(summarise(h))
             r["epochs_done"] = h[-1]["epoch"] if h else 0
-            r["finished_at"] = _now()
+            r["finished_at"] = now_iso()
             write_json_atomic(d / RESULTS, r)
     _log_external(cfgs, group, histories, records)
     return dict(zip(seeds, records))
@@ -386,8 +363,9 @@ def _fit(cfg: DictConfig, multi: MultiSeedTrainer, data: TrainData, dirs: list[P
                            "lr": st.lr, **evaluate_epoch(multi.view(k), data),
                            "images_per_s": st.images / max(st.seconds, 1e-9)}
                 eval_s += time.perf_counter() - t_eval  # the seeds' evaluations, together
+        epoch_time = time.perf_counter() - t0  # shared by the seeds
         for k, row in rows.items():
-            row["epoch_time_s"] = time.perf_counter() - t0  # shared by the seeds
+            row["epoch_time_s"] = epoch_time
             histories[k].append(row)
             write_metrics(dirs[k] / METRICS, histories[k])
         if rows:
@@ -428,5 +406,3 @@ def _log_external(cfgs: list[DictConfig], group: str, histories: list[list[dict[
             log.warning("external logger failed for %s: %s", c.paths.run_dir, err)
 
 
-def _now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -77,7 +78,6 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return []
 
 
-def is_completed(run_dir: str | Path) -> bool:
-    """Whether a run directory already holds a completed result."""
-    res = read_json(Path(run_dir) / RESULTS)
-    return bool(res) and res.get("status") == "completed"
+def now_iso() -> str:
+    """The local time with its offset, to the second: the timestamps of every record."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from src.loggers import NullLogger, make_logger
 from src.model_cache import get_model
 from src.preempt import Preempted, StopFlag, catch_preemption
 from src.progress import Progress
-from src.results import METRICS, RESULTS, write_json_atomic, write_metrics
+from src.results import METRICS, RESULTS, now_iso, write_json_atomic, write_metrics
 from src.trainer import Split, TrainData, Trainer
 
 log = logging.getLogger("src.train")
@@ -37,13 +36,23 @@ log = logging.getLogger("src.train")
 _DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def to_device(key: tuple, array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A numpy array as a tensor on `device`, cached so a sweep moves each dataset once."""
-    full = key + (str(device),)
+def to_device(key: tuple, array: np.ndarray, device: torch.device,
+              channels_last: bool | None = None) -> torch.Tensor:
+    """A numpy array as a tensor on `device`, cached so a sweep moves each dataset once.
+
+    `channels_last` (images only): (N, H, W, C) arrays become (N, C, H, W) tensors in that
+    memory layout, made once here rather than copied again by every run. Channels-last is the
+    arrays' own order, so on a GPU the images are not copied at all.
+    """
+    full = key + (str(device), channels_last)
     if full not in _DEVICE_CACHE:
         if len(_DEVICE_CACHE) > 16:
             _DEVICE_CACHE.clear()
-        _DEVICE_CACHE[full] = torch.from_numpy(array).to(device)
+        t = torch.from_numpy(array).to(device)
+        if channels_last is not None:
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            t = t.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+        _DEVICE_CACHE[full] = t
     return _DEVICE_CACHE[full]
 
 
@@ -79,12 +88,11 @@ def prepare_data(cfg: DictConfig, ex: Execution, run_dir: Path) -> tuple[TrainDa
                                    images=arrays.x_train)
     noise_lib.save_noise(noisy, run_dir, OmegaConf.to_container(cfg.noise, resolve=True))
     dev, key = ex.device, (ds.name, ds.get("npz"), ds.get("root"))
-    x_train = to_device(key + ("x_train",), arrays.x_train, dev).permute(0, 3, 1, 2)
-    x_test = to_device(key + ("x_test",), arrays.x_test, dev).permute(0, 3, 1, 2)
+    x_train = to_device(key + ("x_train",), arrays.x_train, dev, ex.channels_last)
+    x_test = to_device(key + ("x_test",), arrays.x_test, dev, ex.channels_last)
     given = torch.from_numpy(noisy.given_labels).to(dev)
     true = torch.from_numpy(noisy.true_labels).to(dev)
     frac, val = float(ds.get("val_fraction", 0.0)), None
-    train_idx = None
     if frac > 0:
         # Stratified on the labels a practitioner has: the noisy ones.
         tr, va = stratified_split(noisy.given_labels, frac, int(ds.get("val_seed", 0)))
@@ -93,9 +101,8 @@ def prepare_data(cfg: DictConfig, ex: Execution, run_dir: Path) -> tuple[TrainDa
         x_train, given, true = x_train[train_idx], given[train_idx], true[train_idx]
     shape = (1, -1, 1, 1)
     data = TrainData(
-        train=Split(x_train.contiguous(), given), test=Split(x_test.contiguous(),
-                                                             to_device(key + ("y_test",),
-                                                                       arrays.y_test, dev)),
+        train=Split(x_train, given),
+        test=Split(x_test, to_device(key + ("y_test",), arrays.y_test, dev)),
         y_true=true, val=val, num_classes=k,
         mean=torch.tensor(list(ds.mean), device=dev).view(shape),
         std=torch.tensor(list(ds.std), device=dev).view(shape),
@@ -138,23 +145,27 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution,
+                   started: str) -> dict[str, Any]:
+    """The results object of a run about to train: who it is, what noise it got, where."""
+    return {"status": "running", "error": None, **run_identity(cfg, group),
+            "noise_rate_realized": noisy.realized_rate,
+            # Human noise has no requested rate: the file's rate is the rate.
+            **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
+            "device": str(ex.device), "amp": ex.amp, "started_at": started,
+            "config_fingerprint": fingerprint(cfg)}
+
+
 def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     """Train and evaluate one configuration; return (and write) its results object."""
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    identity = run_identity(cfg, group)
-    started = _now()
+    started = now_iso()
     # Bad devices, missing files and noise that does not fit the data raise ConfigError
     # here, before a results.json exists that analysis could take for a run.
     ex = resolve_execution(cfg.trainer, parallel_job_number())
     data, noisy = prepare_data(cfg, ex, run_dir)
-    results: dict[str, Any] = {"status": "running", "error": None, **identity,
-                               "noise_rate_realized": noisy.realized_rate,
-                               # Human noise has no requested rate: the file's rate is the rate.
-                               **({"noise_rate": noisy.realized_rate}
-                                  if cfg.noise.name == "human" else {}),
-                               "device": str(ex.device), "amp": ex.amp, "started_at": started,
-                               "config_fingerprint": fingerprint(cfg)}
+    results = results_header(cfg, group, noisy, ex, started)
     # The exact config of these results, beside them (Hydra's .hydra/ is rewritten on reruns).
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     history: list[dict[str, Any]] = []
@@ -186,7 +197,7 @@ def run(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     finally:
         results.update(summarise(history))
         results["epochs_done"] = history[-1]["epoch"] if history else 0
-        results["finished_at"] = _now()
+        results["finished_at"] = now_iso()
         write_json_atomic(run_dir / RESULTS, results)
         _finish_logger(logger, results)
     return results
@@ -287,5 +298,3 @@ def parallel_job_number() -> int | None:
     return int(hc.job.num)
 
 
-def _now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")

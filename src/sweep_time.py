@@ -24,7 +24,6 @@ Printed, and written as JSON to `--out` (default outputs/bench/sweep_time.json):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from src.results import RESULTS, read_json
+from src.results import RESULTS, now_iso, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["augmentation=none,mixup,smoothing,mixup_smoothing", "noise=none,symmetric",
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from src.bench import machine, print_fields, write_report
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # trainer.device=auto
-    report = {"created_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    report = {"created_at": now_iso(),
               "machine": machine(device), **report}
     print_fields(report, ("runs", "completed", "wall_s", "train_s", "eval_s", "outside_s",
                           "outside_fraction", "per_run_outside_s"))

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from src.errors import ConfigError
 from src.fingerprint import fingerprint
 from src.preempt import EXIT_RESUMABLE, Preempted
-from src.results import RESULTS, is_completed, read_json
+from src.results import RESULTS, read_json
 from src.validate import validate
 
 log = logging.getLogger("src.train")
@@ -32,20 +32,29 @@ def train(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     if cfg.trainer.get("parallel_seeds"):  # several seeds as one batched model
         from src.multiseed import run_parallel
         return run_parallel(cfg, group)
-    run_dir = Path(cfg.paths.run_dir)
-    if cfg.skip_completed and is_completed(run_dir):
-        done = read_json(run_dir / RESULTS) or {}
-        if done.get("config_fingerprint") != fingerprint(cfg):
-            # Hydra has rewritten .hydra/ already; results.json and config.yaml beside it
-            # still describe the run that produced them, and they are kept as they are.
-            raise ConfigError("skip_completed", True, "false to overwrite, or another sweep "
-                              "folder", hint=f"{run_dir} holds a completed run of a different "
-                              "configuration (see its config.yaml)")
-        log.info("skipping %s: results.json says completed", run_dir)
+    done = completed_results(cfg)
+    if done is not None:
         return done
     from src.run import run  # torch is imported only once the config is known to be good
 
     return run(cfg, group=group)
+
+
+def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
+    """With skip_completed, the results of this config's completed run in its directory
+    (None when there is none); a completed run of another config there is an error."""
+    run_dir = Path(cfg.paths.run_dir)
+    done = read_json(run_dir / RESULTS)
+    if not (cfg.skip_completed and done and done.get("status") == "completed"):
+        return None
+    if done.get("config_fingerprint") != fingerprint(cfg):
+        # Hydra has rewritten .hydra/ already; results.json and config.yaml beside it
+        # still describe the run that produced them, and they are kept as they are.
+        raise ConfigError("skip_completed", True, "false to overwrite, or another sweep "
+                          "folder", hint=f"{run_dir} holds a completed run of a different "
+                          "configuration (see its config.yaml)")
+    log.info("skipping %s: results.json says completed", run_dir)
+    return done
 
 
 def _hydra_context() -> tuple[str, bool]:

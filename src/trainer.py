@@ -21,7 +21,8 @@ from torch import nn
 from src.augment import mixup_smoothing_loss, random_crop, random_hflip
 from src.device import Execution
 from src.evaluate import classification_metrics
-from src.model_cache import CUDA_GRAPH_MODES, compile_mode, compiled
+from src.model_cache import compile_mode, compiled
+from src.options import CUDA_GRAPH_MODES
 
 
 @dataclass

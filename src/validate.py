@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from src.errors import ConfigError
-from src.model_cache import COMPILE_MODES
+from src.options import AMP_CHOICES, COMPILE_MODES, WANDB_MODES
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ TRAINER = {
     "schedule": choice("cosine", "multistep", "constant"),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
     "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),
-    "device": STR, "amp": choice("auto", "bf16", "fp16", "off"),
+    "device": STR, "amp": choice(*AMP_CHOICES),
     "compile": choice(True, False, *COMPILE_MODES),
     "channels_last": choice("auto", True, False), "seed": SEED,
     "progress": choice("auto", True, False),
@@ -127,7 +127,7 @@ LOGGER = {
     "wandb": {"name": choice("none", "wandb"), "project": STR, "entity": OPT_STR,
               "group": Rule(lambda v: isinstance(v, str), "a string"),
               "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
-              "mode": choice("online", "offline", "disabled"), "dir": OPT_STR,
+              "mode": choice(*WANDB_MODES), "dir": OPT_STR,
               "init_timeout": POSITIVE},
 }
 ROOT = {"task_name": STR, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),

@@ -122,6 +122,7 @@ def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
     (["--batch-size", "0"], "--batch-size"),
     (["--parallel-seeds", "-2"], "--parallel-seeds"),
     (["--eps", "1.5"], "--eps"),
+    (["--device", "tpu"], "--device"),
 ])
 def test_bad_command_line_is_refused_before_anything_runs(argv, option, tmp_path, capsys):
     out = tmp_path / "b.json"
