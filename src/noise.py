@@ -26,10 +26,7 @@ global RNG state, so every augmentation, model and training seed sees the same l
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from src.errors import ConfigError
+from src.results import atomic_write, write_json_atomic
 
 NOISE_MODELS: tuple[str, ...] = ("none", "symmetric", "asymmetric", "pairflip", "instance", "human")
 
@@ -455,23 +453,10 @@ def save_noise(result: NoiseResult, run_dir: str | Path, cfg: Mapping[str, Any])
         "num_samples": int(result.given_labels.size),
         "num_corrupted": int(result.corrupted.sum()),
     }
-    _atomic_write(run_dir / "noise.json",
-                  lambda f: f.write(json.dumps(record, indent=2).encode() + b"\n"))
-    _atomic_write(run_dir / "noise_labels.npz", lambda f: np.savez(
+    write_json_atomic(run_dir / "noise.json", record)
+    atomic_write(run_dir / "noise_labels.npz", lambda f: np.savez(
         f, given_labels=result.given_labels, true_labels=result.true_labels,
-        corrupted=result.corrupted))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then os.replace: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        corrupted=result.corrupted), binary=True)
 
 
 def _plain(value: Any) -> Any:

@@ -7,8 +7,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
@@ -25,24 +26,31 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename over `path`.
+def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = False,
+                 fsync: bool = False) -> None:
+    """Call write(file) on a temporary file in the same folder, then rename it over `path`.
 
-    A reader never sees half a file, and a failed write (disk full) leaves the old file intact.
+    A reader never sees half a file, and a failed write (disk full) leaves the old file intact;
+    `fsync` also makes the new content durable before it replaces the old.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically and durably (fsync): results survive a crash or a full disk."""
+    atomic_write(path, lambda f: f.write(json.dumps(_clean(obj), indent=2) + "\n"), fsync=True)
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:
@@ -57,16 +65,7 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite the whole metrics log atomically (it is small: one line per epoch)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(_clean(row)) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.writelines(json.dumps(_clean(row)) + "\n" for row in rows))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
