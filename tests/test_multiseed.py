@@ -1,7 +1,9 @@
-"""Seeds trained together (src.multiseed) equal the same seeds trained separately: bit for bit
-for an MLP (the batched linear kernels sum in the same order on CPU), within float tolerance
-for a conv net (a vmapped convolution is one grouped convolution, whose backward sums in
-another order). The job writes one normal run directory per seed."""
+"""Seeds trained together (src.multiseed) equal the same seeds trained separately within a
+tight float tolerance: batched and separate kernels are different code paths (a vmapped linear
+layer is a batched matmul, a vmapped convolution one grouped convolution), and which kernel a
+CPU picks, hence the order of its sums, differs between machines (AVX-512 or not). Bit-for-bit
+equality is promised only for the same code path run twice (resume, rerun), and tested there.
+The job writes one normal run directory per seed."""
 
 from __future__ import annotations
 
@@ -37,15 +39,31 @@ def train_both(model_cfg: dict, epochs: int = 2):
     return data, multi, single, stats
 
 
-def test_batched_mlp_is_bit_identical_to_separate_runs():
+def test_batched_mlp_matches_separate_runs_within_float_tolerance():
     data, multi, single, stats = train_both({"name": "mlp", "hidden_sizes": [16]})
     for batched, separate in stats:
-        assert [(s.loss, s.acc) for s in batched] == [(s.loss, s.acc) for s in separate]
+        for b, s in zip(batched, separate):
+            assert b.loss == pytest.approx(s.loss, rel=1e-6)
+            assert b.acc == pytest.approx(s.acc, abs=1e-6)
     for k, tr in enumerate(single):
         sd = multi.state_dict(k)
         for name, value in tr.model.state_dict().items():
-            assert torch.equal(sd[name], value), name
-        assert multi.view(k).evaluate(data.test) == tr.evaluate(data.test)
+            torch.testing.assert_close(sd[name], value, rtol=1e-5, atol=1e-6)
+        got, want = multi.view(k).evaluate(data.test), tr.evaluate(data.test)
+        assert got["acc"] == want["acc"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_batched_training_twice_is_bit_identical():
+    """The same code path twice gives the same bits: the determinism a rerun relies on."""
+    mlp = {"name": "mlp", "hidden_sizes": [16]}
+    _, first, _, stats_a = train_both(mlp)
+    _, second, _, stats_b = train_both(mlp)
+    assert [[(s.loss, s.acc) for s in b] for b, _ in stats_a] == \
+        [[(s.loss, s.acc) for s in b] for b, _ in stats_b]
+    for k in range(len(SEEDS)):
+        for name, value in first.state_dict(k).items():
+            assert torch.equal(second.state_dict(k)[name], value), name
 
 
 def test_batched_cnn_matches_separate_runs_within_float_tolerance():
