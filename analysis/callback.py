@@ -1,4 +1,4 @@
-"""Hydra callbacks of the suite: analyse a study as soon as its sweep ends."""
+"""The Hydra callback of the studies: analyse a study as soon as its sweep ends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-log = logging.getLogger("src.train")
+log = logging.getLogger(__name__)
 
 
 class AnalyseSweep(Callback):
