@@ -1,4 +1,5 @@
-"""Tests for src.models: shapes, gradients, reference parameter counts and config errors."""
+"""Tests for src.models: shapes, gradients, reference parameter counts, config errors, and the
+Manifold Mixup hooks (stages, bit-identity without mixing, functional_call under vmap)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
 
 from src.errors import ConfigError
-from src.models import MODELS, build_model, model_keys
+from src.models import MODELS, build_model, mix_layers, model_keys, vmappable
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 # Small settings of every model, so that each forward/backward takes milliseconds.
@@ -19,6 +22,8 @@ SMALL = {
     "preact_resnet18": {"width": 8},
     "wide_resnet": {"depth": 10, "widen_factor": 1, "dropout": 0.1},
     "lstm": {"hidden_size": 8, "num_layers": 2, "bidirectional": True, "dropout": 0.1},
+    "gru": {"hidden_size": 8, "num_layers": 2, "bidirectional": True, "dropout": 0.1},
+    "vit": {"patch_size": 4, "width": 16, "depth": 2, "heads": 2, "mlp_ratio": 2, "dropout": 0.1},
 }
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -31,14 +36,19 @@ def small(name: str, **extra) -> dict:
     return {"name": name, **SMALL[name], **extra}
 
 
+def test_small_settings_cover_every_model() -> None:
+    assert set(SMALL) == set(MODELS)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_forward_backward(name: str, shape: tuple[int, int, int]) -> None:
+def test_forward_backward(name: str, shape: tuple[int, int, int], classes: int) -> None:
     torch.manual_seed(0)
-    model = build_model(small(name), shape, 10)
+    model = build_model(small(name), shape, classes)
     out = model(torch.randn(3, *shape))
-    assert out.shape == (3, 10)
-    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 9])).backward()
+    assert out.shape == (3, classes)
+    F.cross_entropy(out, torch.tensor([0, 1, classes - 1])).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
 
@@ -114,6 +124,22 @@ def test_yaml_configs_match_builder_defaults() -> None:
         assert keys == defaults
 
 
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_model_config_builds_on_digits_and_cifar(path: Path) -> None:
+    # Variants such as cnn_small.yaml name a registered model and only its keys; the
+    # defaults work on the bundled 8x8 digits and on 3x32x32 images.
+    cfg = OmegaConf.load(path)
+    with torch.device("meta"):
+        for shape in ((1, 8, 8), (3, 32, 32)):
+            assert build_model(cfg, shape, 10)(torch.empty(2, *shape)).shape == (2, 10)
+
+
+def test_cnn_small_is_the_quickstart_convnet() -> None:
+    # The quickstart's runs were trained with exactly this model before it had its own file.
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "cnn_small.yaml"))
+    assert cfg == {"name": "cnn", "channels": [16, 32], "dropout": 0.0}
+
+
 def test_accepts_dictconfig() -> None:
     cfg = OmegaConf.create({"name": "cnn", "channels": [4, 8], "dropout": 0.0})
     assert build_model(cfg, (1, 8, 8), 10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
@@ -135,6 +161,20 @@ def test_accepts_dictconfig() -> None:
         ({"name": "preact_resnet18", "width": 8.5}, "model.width"),
         ({"name": "lstm", "bidirectional": "yes"}, "model.bidirectional"),
         ({"name": "lstm", "num_layers": True}, "model.num_layers"),
+        ({"name": "gru", "bidirectional": 1}, "model.bidirectional"),
+        ({"name": "gru", "hidden_size": 0}, "model.hidden_size"),
+        ({"name": "gru", "patch_size": 2}, "model.patch_size"),
+        ({"name": "vit", "patch_size": 3}, "model.patch_size"),
+        ({"name": "vit", "patch_size": 16}, "model.patch_size"),
+        ({"name": "vit", "patch_size": 0}, "model.patch_size"),
+        ({"name": "vit", "heads": 3}, "model.heads"),
+        ({"name": "vit", "heads": 0}, "model.heads"),
+        ({"name": "vit", "mlp_ratio": 0}, "model.mlp_ratio"),
+        ({"name": "vit", "mlp_ratio": 2.5}, "model.mlp_ratio"),
+        ({"name": "vit", "depth": 0}, "model.depth"),
+        ({"name": "vit", "width": -4}, "model.width"),
+        ({"name": "vit", "channels": [8]}, "model.channels"),
+        ({"name": ["vit"]}, "model.name"),
     ],
 )
 def test_config_errors_name_the_key(cfg: dict, key: str) -> None:
@@ -150,15 +190,212 @@ def test_unknown_key_lists_allowed_keys() -> None:
     assert err.value.key == "model.widht"
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_lstm_reads_rows(bidirectional: bool) -> None:
+@pytest.mark.parametrize(
+    ("shape", "patch", "allowed"),
+    [((1, 8, 8), 3, [1, 2, 4, 8]), ((1, 28, 28), 8, [1, 2, 4, 7, 14, 28]),
+     ((3, 32, 32), 7, [1, 2, 4, 8, 16, 32]), ((1, 12, 8), 8, [1, 2, 4])],
+)
+def test_vit_patch_size_must_divide_the_image(shape, patch, allowed) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_model({"name": "vit", "patch_size": patch}, shape, 10)
+    assert err.value.key == "model.patch_size"
+    assert err.value.value == patch
+    assert str(allowed) in str(err.value)
+    for p in allowed:  # and every listed divisor builds
+        with torch.device("meta"):
+            build_model({"name": "vit", "patch_size": p, "width": 8, "heads": 2}, shape, 10)
+
+
+def test_vit_heads_must_divide_width() -> None:
+    with pytest.raises(ConfigError, match=r"\[1, 2, 3, 4, 6, 8, 12, 24\]") as err:
+        build_model({"name": "vit", "width": 24, "heads": 5}, (1, 8, 8), 10)
+    assert err.value.key == "model.heads"
+
+
+def test_vit_tokens_and_class_token() -> None:
     torch.manual_seed(0)
-    cfg = {"name": "lstm", "hidden_size": 8, "bidirectional": bidirectional}
+    cfg = {"name": "vit", "patch_size": 4, "width": 8, "depth": 1, "heads": 2}
+    model = build_model(cfg, (3, 32, 32), 10).eval()
+    assert model.pos_embed.shape == (1, 8 * 8 + 1, 8)  # 64 patches and the class token
+    x = torch.randn(2, 3, 32, 32)
+    base = model(x)
+    for row, col in ((0, 0), (31, 31)):  # the first and the last patch both reach the head
+        y = x.clone()
+        y[:, :, row, col] += 1.0
+        assert not torch.allclose(model(y), base)
+    # Samples do not attend to each other: each row of the batch is its own image.
+    torch.testing.assert_close(model(x[:1]), base[:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(("name", "cell"), [("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)])
+def test_recurrent_models_read_rows(name: str, cell: type, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    cfg = {"name": name, "hidden_size": 8, "bidirectional": bidirectional}
     model = build_model(cfg, (2, 6, 5), 4).eval()
-    assert model.lstm.input_size == 2 * 5  # a step is one row of C*W values
+    assert type(model.rnn) is cell and model.rnn.bidirectional == bidirectional
+    assert model.rnn.input_size == 2 * 5  # a step is one row of C*W values
+    assert model.head.in_features == 8 * (2 if bidirectional else 1)
     x = torch.randn(1, 2, 6, 5)
     base = model(x)
     for row in (0, 5):  # the first and the last row both reach the output
         y = x.clone()
         y[:, :, row] += 1.0
         assert not torch.allclose(model(y), base)
+
+
+# --------------------------------------------------------------------- Manifold Mixup hooks
+
+def reference_forward(name: str, m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each model's forward as it was written before it had mixing stages."""
+    if name == "mlp":
+        return m.net(x)
+    if name == "cnn":
+        return m.head(m.dropout(m.pool(m.features(x)).flatten(1)))
+    if name == "preact_resnet18":
+        return m.linear(m.pool(m.layers(F.relu(m.bn1(m.conv1(x))))).flatten(1))
+    if name == "wide_resnet":
+        return m.linear(m.pool(F.relu(m.bn(m.blocks(m.conv1(x))))).flatten(1))
+    b, c, h, w = x.shape  # lstm, gru
+    _, state = m.rnn(x.permute(0, 2, 1, 3).reshape(b, h, c * w))
+    h_n = state[0] if isinstance(state, tuple) else state
+    return m.head(m.dropout(h_n[-m.directions:].transpose(0, 1).reshape(b, -1)))
+
+
+def seeded(fn, *args, **kwargs) -> torch.Tensor:
+    """fn(*args, **kwargs) with the global generator reset first (the same dropout masks)."""
+    torch.manual_seed(1)
+    return fn(*args, **kwargs)
+
+
+def stages() -> list[tuple[str, str]]:
+    return [(name, stage) for name in sorted(MODELS) for stage in mix_layers(name)]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "preact_resnet18", "wide_resnet", "lstm", "gru"])
+def test_without_mixing_the_forward_is_bit_identical(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(small(name), (1, 8, 8), 10).train()  # dropout on: same masks needed
+    x = torch.randn(4, 1, 8, 8)
+    expected = seeded(reference_forward, name, model, x)
+    assert torch.equal(seeded(model, x), expected)
+    assert torch.equal(seeded(model, x, mix_at=None, mixer=torch.zeros_like), expected)
+    for stage in mix_layers(name):  # an identity mixer anywhere changes nothing either
+        assert torch.equal(seeded(model, x, mix_at=stage, mixer=lambda h: h), expected)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_mix_layers_are_the_class_stages(name: str) -> None:
+    layers = mix_layers(name)
+    assert layers == MODELS[name].MIX_LAYERS
+    assert layers[0] == "input" and len(set(layers)) == len(layers) >= 2
+
+
+def test_mix_layers_of_an_unknown_model() -> None:
+    with pytest.raises(ConfigError) as err:
+        mix_layers("resnet50")
+    assert err.value.key == "model.name"
+
+
+# The hidden state each stage hands to the mixer, for SMALL models on (4, 1, 8, 8) input.
+STAGE_SHAPES = {
+    "mlp": {"input": (4, 1, 8, 8), "hidden1": (4, 16), "features": (4, 8)},
+    "cnn": {"input": (4, 1, 8, 8), "block1": (4, 8, 4, 4), "features": (4, 16)},
+    "preact_resnet18": {"input": (4, 1, 8, 8), "layer1": (4, 8, 8, 8), "layer2": (4, 16, 4, 4),
+                        "layer3": (4, 32, 2, 2), "layer4": (4, 64, 1, 1)},
+    "wide_resnet": {"input": (4, 1, 8, 8), "group1": (4, 16, 8, 8), "group2": (4, 32, 4, 4),
+                    "group3": (4, 64, 2, 2)},
+    "lstm": {"input": (4, 1, 8, 8), "features": (4, 16)},
+    "gru": {"input": (4, 1, 8, 8), "features": (4, 16)},
+    "vit": {"input": (4, 1, 8, 8), "embed": (4, 5, 16), "block1": (4, 5, 16),
+            "features": (4, 16)},
+}
+
+
+@pytest.mark.parametrize(("name", "stage"), stages())
+def test_the_mixer_runs_once_on_the_named_stage(name: str, stage: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(small(name), (1, 8, 8), 10).eval()
+    x1, x2 = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    seen: list[torch.Tensor] = []
+
+    def capture(h: torch.Tensor) -> torch.Tensor:
+        seen.append(h.clone())
+        return h
+
+    model(x2, mix_at=stage, mixer=capture)
+    assert len(seen) == 1 and tuple(seen[0].shape) == STAGE_SHAPES[name][stage]
+    # Handing x1's forward the stage output of x2 gives x2's logits: the mixer's result is
+    # all that the rest of the network reads, and the stages before it ran on x1.
+    swapped = model(x1, mix_at=stage, mixer=lambda h: seen[0])
+    torch.testing.assert_close(swapped, model(x2), rtol=0, atol=0)
+    assert not torch.allclose(swapped, model(x1))
+    # Zeroing the stage: the output no longer depends on the input.
+    zeroed = model(x1, mix_at=stage, mixer=torch.zeros_like)
+    torch.testing.assert_close(zeroed, model(x2, mix_at=stage, mixer=torch.zeros_like))
+    if stage == "input":
+        assert torch.equal(zeroed, model(torch.zeros_like(x1)))
+    if stage == "features":  # the head reads zeros: its bias is the output
+        head = model.net[-1] if name == "mlp" else model.head
+        assert torch.equal(zeroed, head.bias.expand(4, 10))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bad_mix_arguments(name: str) -> None:
+    model = build_model(small(name), (1, 8, 8), 10)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="not a stage of this model") as err:
+        model(x, mix_at="layer9", mixer=torch.zeros_like)
+    assert all(stage in str(err.value) for stage in mix_layers(name))
+    with pytest.raises(ValueError, match="needs a mixer"):
+        model(x, mix_at="input")
+
+
+def mixup_at(lam: torch.Tensor):
+    """A Manifold Mixup mixer (Verma et al. 2019) with a fixed permutation (the reversal)."""
+    return lambda h: lam * h + (1 - lam) * h.flip(0)
+
+
+def vmap_models(name: str, train: bool) -> list[torch.nn.Module]:
+    keys = model_keys(name)
+    cfg = small(name, **({"dropout": 0.0} if "dropout" in keys else {}))  # no random masks
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg, (1, 8, 8), 10).train(train))
+    return models
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize(("name", "stage"), [s for s in stages() if vmappable(s[0])])
+def test_vmapped_copies_match_separate_calls(name: str, stage: str, train: bool) -> None:
+    # How src.multiseed trains several seeds: stacked parameters and buffers, one base
+    # module on the meta device, vmap over functional_call; the mixer per copy.
+    models = vmap_models(name, train)
+    params, buffers = stack_module_state(models)
+    base = vmap_models(name, train)[0].to("meta")
+    x = torch.randn(2, 4, 1, 8, 8)
+    lam = torch.tensor([0.3, 0.8])
+
+    def call(p, b, xk, lk):
+        kwargs = {"mix_at": stage, "mixer": mixup_at(lk)}
+        return functional_call(base, (p, b), (xk,), kwargs)
+
+    together = vmap(call, randomness="different")(params, buffers, x, lam)
+    separate = torch.stack([m(x[k], mix_at=stage, mixer=mixup_at(lam[k]))
+                            for k, m in enumerate(models)])
+    torch.testing.assert_close(together, separate, rtol=1e-6, atol=1e-6)
+    if train:  # BatchNorm's running statistics are updated per copy, as separate runs do
+        for key, value in buffers.items():
+            expected = torch.stack([dict(m.named_buffers())[key] for m in models])
+            torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(together, vmap(call)(params, buffers, x, torch.ones(2)))
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(MODELS) if not vmappable(n)])
+def test_models_marked_not_vmappable_cannot_be_vmapped(name: str) -> None:
+    models = vmap_models(name, train=False)
+    params, buffers = stack_module_state(models)
+    with pytest.raises(RuntimeError, match="[Bb]atching rule"):
+        vmap(lambda p, b, x: functional_call(models[0], (p, b), (x,)))(
+            params, buffers, torch.randn(2, 4, 1, 8, 8))

@@ -1,8 +1,10 @@
 """Model registry: `build_model(cfg, in_shape, num_classes)` builds the model a config names.
 
 Each model is a class whose keyword arguments are exactly its config keys, with the
-defaults of conf/model/*.yaml. Building goes through this registry, never through Hydra
-`_target_`, so configs name models but cannot execute code.
+defaults of conf/model/<name>.yaml. Building goes through this registry, never through Hydra
+`_target_`, so configs name models but cannot execute code. Every class lists its Manifold
+Mixup stages in `MIX_LAYERS` (src.models.manifold); `mix_layers(name)` reads them without
+building a model.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.cnn import SmallCNN
-from src.models.lstm import RowLSTM
 from src.models.mlp import MLP
 from src.models.preact_resnet import PreActResNet18
+from src.models.recurrent import RowGRU, RowLSTM
+from src.models.vit import ViT
 from src.models.wide_resnet import WideResNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "cnn": SmallCNN,
     "preact_resnet18": PreActResNet18,
     "wide_resnet": WideResNet,
     "lstm": RowLSTM,
+    "gru": RowGRU,
+    "vit": ViT,
 }
 
-__all__ = ["MODELS", "build_model", "model_keys"]
+__all__ = ["MODELS", "build_model", "mix_layers", "model_keys", "vmappable"]
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -78,12 +83,32 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "num_layers": _positive_int,
     "bidirectional": _flag,
     "dropout": _dropout,
+    "patch_size": _positive_int,
+    "heads": _positive_int,
+    "mlp_ratio": _positive_int,
 }
+
+
+def _model_class(name: Any) -> type[nn.Module]:
+    """The class registered as `name`; ConfigError naming model.name otherwise."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def mix_layers(name: str) -> tuple[str, ...]:
+    """The Manifold Mixup stages of model `name` ("input" first), for `forward(mix_at=...)`."""
+    return tuple(_model_class(name).MIX_LAYERS)
+
+
+def vmappable(name: str) -> bool:
+    """Whether torch.func.vmap can run model `name` (several seeds as one batched model)."""
+    return bool(getattr(_model_class(name), "VMAPPABLE", True))
 
 
 def model_keys(name: str) -> dict[str, Any]:
     """The config keys of model `name` and their defaults."""
-    params = list(inspect.signature(MODELS[name]).parameters.values())[2:]
+    params = list(inspect.signature(_model_class(name)).parameters.values())[2:]
     return {p.name: p.default for p in params}
 
 
@@ -92,8 +117,6 @@ def build_model(
 ) -> nn.Module:
     """Build the model `cfg.name` for images of shape (C, H, W) and `num_classes` outputs."""
     name = cfg.get("name")
-    if name not in MODELS:
-        raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
     allowed = model_keys(name)
     kwargs = {}
     for key in cfg:
@@ -109,4 +132,4 @@ def build_model(
     if len(in_shape) != 3 or not all(_is_positive_int(v) for v in in_shape):
         raise ConfigError("dataset.image_shape", in_shape, "three positive integers (C, H, W)")
     shape = (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
-    return MODELS[name](shape, int(num_classes), **kwargs)
+    return _model_class(name)(shape, int(num_classes), **kwargs)

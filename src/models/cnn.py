@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
     """Conv3x3-BN-ReLU, optionally followed by a 2x2 max-pool."""
@@ -24,6 +26,10 @@ def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
 
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU(-pool) blocks, global average pool, dropout, linear head."""
+
+    # Manifold Mixup stages (src.models.manifold): the images, the first block's output, and
+    # the pooled features the head reads. Named so that they exist for any `channels`.
+    MIX_LAYERS: tuple[str, ...] = (INPUT, "block1", "features")
 
     def __init__(
         self,
@@ -46,7 +52,15 @@ class SmallCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(c_in, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) for images (B, C, H, W)."""
-        x = self.pool(self.features(x)).flatten(1)
-        return self.head(self.dropout(x))
+    def forward(
+        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
+        check_mix(self.MIX_LAYERS, mix_at, mixer)
+        h = mix_after(INPUT, x, mix_at, mixer)
+        for i, block in enumerate(self.features):
+            h = block(h)
+            if i == 0:
+                h = mix_after("block1", h, mix_at, mixer)
+        h = mix_after("features", self.pool(h).flatten(1), mix_at, mixer)
+        return self.head(self.dropout(h))

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     """3x3 conv, padding 1, no bias (BN handles the shift)."""
@@ -50,6 +52,11 @@ class PreActBlock(nn.Module):
 class PreActResNet18(nn.Module):
     """Stem conv-BN-ReLU, four stages of two PreActBlocks, global average pool, linear head."""
 
+    # Manifold Mixup stages (src.models.manifold): the images and the output of each of the
+    # four stages, named as in the Mixup code; Verma et al. 2019 mix for PreAct ResNet-18 at
+    # the input, layer1 or layer2 (k = 0, 1, 2).
+    MIX_LAYERS: tuple[str, ...] = (INPUT, "layer1", "layer2", "layer3", "layer4")
+
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 64) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_shape[0], width)
@@ -66,7 +73,12 @@ class PreActResNet18(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c_in, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) for images (B, C, H, W)."""
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(self.pool(x).flatten(1))
+    def forward(
+        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
+        check_mix(self.MIX_LAYERS, mix_at, mixer)
+        h = F.relu(self.bn1(self.conv1(mix_after(INPUT, x, mix_at, mixer))))
+        for i, stage in enumerate(self.layers):
+            h = mix_after(f"layer{i + 1}", stage(h), mix_at, mixer)
+        return self.linear(self.pool(h).flatten(1))

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from src.errors import ConfigError
+from src.models.manifold import INPUT, Mixer, check_mix, mix_after
 
 
 class WideBlock(nn.Module):
@@ -42,6 +43,10 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-widen_factor for images of any size (adaptive pool at the end)."""
 
+    # Manifold Mixup stages (src.models.manifold): the images and the output of each of the
+    # three groups of blocks (the paper's conv2, conv3, conv4).
+    MIX_LAYERS: tuple[str, ...] = (INPUT, "group1", "group2", "group3")
+
     def __init__(
         self,
         in_shape: tuple[int, int, int],
@@ -64,7 +69,10 @@ class WideResNet(nn.Module):
                 stride = 2 if i > 0 and j == 0 else 1
                 blocks.append(WideBlock(c_in, c_out, stride, dropout))
                 c_in = c_out
+        # One flat Sequential, as before the groups were named (parameter names unchanged);
+        # the index of each group's last block names the stage after it.
         self.blocks = nn.Sequential(*blocks)
+        self.group_ends = {(g + 1) * n - 1: f"group{g + 1}" for g in range(len(widths))}
         self.bn = nn.BatchNorm2d(c_in)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c_in, num_classes)
@@ -81,7 +89,15 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K) for images (B, C, H, W)."""
-        x = F.relu(self.bn(self.blocks(self.conv1(x))))
-        return self.linear(self.pool(x).flatten(1))
+    def forward(
+        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+    ) -> torch.Tensor:
+        """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
+        check_mix(self.MIX_LAYERS, mix_at, mixer)
+        h = self.conv1(mix_after(INPUT, x, mix_at, mixer))
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i in self.group_ends:
+                h = mix_after(self.group_ends[i], h, mix_at, mixer)
+        h = F.relu(self.bn(h))
+        return self.linear(self.pool(h).flatten(1))
