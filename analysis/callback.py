@@ -1,8 +1,12 @@
-"""The Hydra callback of the studies: analyse a study as soon as its sweep ends."""
+"""Hydra callbacks at the end of a sweep: the studies' analysis (AnalyseSweep), and for every
+multirun where its runs are and how to analyse them (SweepEnd)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +34,49 @@ class AnalyseSweep(Callback):
             log.warning("no analysis of %s: %s", sweep_dir, err)
             return
         print(f"\nAnalysis written to {out} (report: {out / 'report.md'})")
+
+
+def run_statuses(sweep_dir: Path) -> Counter[str]:
+    """How many runs under the sweep folder end in each status (results.json's `status`)."""
+    counts: Counter[str] = Counter()
+    for path in sweep_dir.rglob("results.json"):
+        try:
+            counts[str(json.loads(path.read_text()).get("status", "unknown"))] += 1
+        except (OSError, ValueError, AttributeError):  # half-written or not a results object
+            counts["unreadable"] += 1
+    return counts
+
+
+def sweep_end_message(sweep_dir: Path, analysed: bool) -> str:
+    """Where a finished sweep's runs are and the command that analyses them. `analysed`: the
+    study's own analysis callback has just run (its report is named instead of advised)."""
+    counts = run_statuses(sweep_dir)
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    runs = f"{sum(counts.values())} runs ({tally})" if counts else "no runs"
+    command = f"python -m analysis {shlex.quote(str(sweep_dir))}"
+    lines = [f"Sweep finished: {runs} in {sweep_dir}"]
+    if analysed:
+        lines.append(f"Report: {sweep_dir / 'analysis' / 'report.md'}; analyse again with: "
+                     f"{command}")
+        lines.append("(hydra.callbacks.analysis.quiet=true writes a study's report without "
+                     "printing its tables)")
+    else:
+        lines.append(f"Analyse them with: {command}")
+        lines.append("(a study, +experiment=NAME, does this when its sweep ends; "
+                     "hydra.callbacks.analysis.quiet=true writes its report without printing "
+                     "the tables)")
+    return "\n".join(lines)
+
+
+class SweepEnd(Callback):
+    """After any multirun: where its runs are, how many ended how, and how to analyse them.
+
+    Registered for every run in conf/hydra/default.yaml; Hydra calls end callbacks in reverse
+    order, so a study's AnalyseSweep (registered later) prints first and this comes last."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        study = (config.hydra.get("callbacks") or {}).get("analysis")
+        analysed = (study is not None and bool(study.get("enabled", True))
+                    and (sweep_dir / "analysis" / "report.md").is_file())
+        print("\n" + sweep_end_message(sweep_dir, analysed))
