@@ -13,10 +13,10 @@ EXP ?= quickstart
 RUNS ?= outputs/quickstart
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo sweep analysis test test-fast lint clean venv-path bench
+.PHONY: help install train demo sweep analysis test test-fast lint clean clean-outputs venv-path bench
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # No file prerequisites: the folder's name already holds the requirements' hash, and a fresh
 # clone's files are newer than a shared environment's stamp, which must not rebuild it.
@@ -25,9 +25,16 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(INSTALL_PROJECT)
 	touch $(STAMP)
 
-install: $(STAMP) ## Build the environment (done by every target on first use)
+# The project itself, editable and without dependencies (the requirements are in already):
+# puts the console scripts lsmix-train, lsmix-analyse, lsmix-bench, lsmix-eval and lsmix-sync
+# on the environment's path. Editable, so they run this checkout's code and read its conf/.
+INSTALL_PROJECT = $(PY) -m pip install --quiet --no-deps -e .
+
+install: $(STAMP) ## Build the environment and install the project in it (console scripts lsmix-*)
+	$(INSTALL_PROJECT)
 	@echo "environment: $(VENV)"
 
 train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override)
@@ -52,10 +59,22 @@ test-fast: $(STAMP) ## The tests without the slow end-to-end ones
 lint: $(STAMP) ## Ruff over the code
 	$(PY) -m ruff check src analysis tests
 
-clean: ## Remove run outputs and caches (keeps the environment)
-	rm -rf outputs/* multirun .pytest_cache .ruff_cache
+clean: ## Remove caches and build files; keeps outputs/ (results) and the environment
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-	touch outputs/.gitkeep
+
+# Results take hours to remake: without FORCE=1 this only says what it would delete.
+clean-outputs: ## Delete every run in outputs/ (only with FORCE=1; without, lists what would go)
+ifeq ($(FORCE),1)
+	rm -rf outputs/* multirun
+	@mkdir -p outputs && touch outputs/.gitkeep
+else
+	@found="$$(ls -d outputs/* multirun 2>/dev/null)"; \
+	if [ -n "$$found" ]; then \
+		echo "make clean-outputs would delete:"; du -sh $$found; \
+		echo "To delete them: make clean-outputs FORCE=1"; \
+	else echo "outputs/ holds no runs: nothing to delete"; fi
+endif
 
 venv-path: ## Print the environment's folder
 	@echo $(VENV)
