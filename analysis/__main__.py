@@ -1,4 +1,5 @@
-"""CLI: python -m analysis PATH... [--out DIR] [--wandb] [--quiet] [--allow-duplicates]."""
+"""CLI: python -m analysis PATH... [--out DIR] [--eps-axis smoothing|uniform_mass] [--wandb]
+[--quiet] [--allow-duplicates]."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="ε × α tables, plots and a report from finished runs (results.json).")
     ap.add_argument("paths", nargs="+", help="study folders or run folders")
     ap.add_argument("--out", help="output folder (default: <first PATH>/analysis)")
-    ap.add_argument("--wandb", action="store_true", help="also push the tables to W&B "
-                    "(mode from WANDB_MODE)")
+    ap.add_argument("--eps-axis", choices=("smoothing", "uniform_mass"), default="smoothing",
+                    help="rows of the ε × α tables: ε as configured (default), or the uniform "
+                    "mass m of the smoothed target (1 - m) y + m/K, comparable across "
+                    "smoothing conventions")
+    ap.add_argument("--wandb", action="store_true", help="also push the tables, figures and "
+                    "report to W&B into <first PATH>/wandb (mode from WANDB_MODE)")
     ap.add_argument("--quiet", action="store_true", help="print only counts and the report path")
     ap.add_argument("--allow-duplicates", action="store_true",
                     help="keep the newest of runs with the same config and seed")
@@ -22,16 +27,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the analysis; bad input is one line on stderr and exit status 1."""
+    """Run the analysis; bad input (paths, runs, --out) is one paragraph on stderr and exit
+    status 2, as for a bad option."""
     args = parse_args(argv)
     from analysis import AnalysisError, analyse  # after --help: pandas and matplotlib are slow
 
     try:
         analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
-                allow_duplicates=args.allow_duplicates)
+                allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis)
     except AnalysisError as err:
         print(f"analysis error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

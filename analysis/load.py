@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,8 +16,16 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.schema import (
+    CONFIG,
+    CONFIG_MIRRORS,
+    CONFIG_NOT_SETTINGS,
+    CONFIG_PREFIX,
+    INPUT_PREFIX,
+    INPUTS,
+    LEGACY_SMOOTHING_TO,
     METRICS,
     METRICS_LOG,
+    REPLICATE_KEYS,
     REQUIRED,
     REQUIRED_COMPLETED,
     RESULTS,
@@ -37,10 +46,13 @@ class Runs:
 
     @property
     def completed(self) -> pd.DataFrame:
-        """The runs that enter tables and means: status == "completed" only."""
+        """The runs that enter tables and means: status == "completed" and not a problem (a
+        completed run without a finite final test accuracy is one)."""
         if self.table.empty:
             return self.table
-        return self.table[self.table["status"] == "completed"].reset_index(drop=True)
+        usable = (self.table["status"] == "completed") & \
+            ~self.table["run_dir"].isin(set(self.problems["run_dir"]))
+        return self.table[usable].reset_index(drop=True)
 
 
 def _is_run_dir(dirnames: list[str], filenames: list[str]) -> bool:
@@ -77,7 +89,28 @@ def _parse(path: Path) -> dict[str, Any]:
     missing = [k for k in required if k not in obj]
     if missing:
         raise ValueError(f"missing required keys: {', '.join(missing)}")
+    _check_nested(obj)
     return obj
+
+
+def _check_nested(obj: dict[str, Any]) -> None:
+    """`config` must be an object and `inputs` an object of {path, size, hash} objects: a run
+    whose settings or input files cannot be read could be pooled with runs of others."""
+    if CONFIG in obj and not isinstance(obj[CONFIG], dict):
+        raise ValueError(f"`{CONFIG}` is {type(obj[CONFIG]).__name__}, not an object")
+    inputs = obj.get(INPUTS, {})
+    if not isinstance(inputs, dict):
+        raise ValueError(f"`{INPUTS}` is {type(inputs).__name__}, not an object")
+    bad = [k for k, v in inputs.items()
+           if not (isinstance(v, dict) and isinstance(v.get("hash"), str) and v["hash"])]
+    if bad:
+        raise ValueError(f"`{INPUTS}` entries without a content hash: {', '.join(bad)}")
+
+
+def _finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _mtime(path: Path) -> str:
@@ -101,6 +134,9 @@ def read_run(run_dir: Path) -> tuple[dict | None, dict | None]:
     row = {**res, "run_dir": str(run_dir), "results_mtime": _mtime(path)}
     if res["status"] != "completed":
         return row, _problem(run_dir, str(res["status"]), str(res.get("error") or ""), res)
+    if not _finite(res["final_test_acc"]):
+        return row, _problem(run_dir, "invalid", "completed without a finite final_test_acc "
+                             f"({res['final_test_acc']!r})", res)
     return row, None
 
 
@@ -120,18 +156,93 @@ def _collect(root: Path) -> tuple[list[dict], list[dict]]:
     return rows, problems
 
 
+def _flatten(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested keys as dotted ones under `prefix` (dotted keys stay as they are)."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _settings(res: dict[str, Any]) -> dict[str, Any]:
+    """`config` and `inputs` of one result as columns: `config.<key>` per setting, and
+    `input.<key>` = the content hash of each file read (its path is where, not what)."""
+    row = {k: v for k, v in res.items() if k not in (CONFIG, INPUTS)}
+    inputs = res.get(INPUTS) or {}
+    for key, value in _flatten(res.get(CONFIG) or {}, "").items():
+        if key not in CONFIG_NOT_SETTINGS and key not in inputs:
+            row[CONFIG_PREFIX + key] = value
+    row |= {INPUT_PREFIX + key: entry["hash"] for key, entry in inputs.items()}
+    return row
+
+
+def _determined(table: pd.DataFrame, by: str, col: str) -> bool:
+    """Whether `col` takes one value within each value of `by` (rows without it left out)."""
+    known = table[[by, col]].dropna(subset=[col])
+    return bool(known.groupby(by, dropna=False)[col].nunique().le(1).all())
+
+
+def _drop_mirrors(table: pd.DataFrame) -> pd.DataFrame:
+    """Config copies of top-level keys: a copy that adds no distinction is dropped (else ε's
+    copy, say, would split panels by ε); one the top level lacks becomes that key."""
+    for key, top in CONFIG_MIRRORS.items():
+        col = CONFIG_PREFIX + key
+        if col not in table:
+            continue
+        if top not in table:
+            table = table.rename(columns={col: top})
+        elif _determined(table, top, col):
+            table = table.drop(columns=col)
+    return table
+
+
+def _legacy_smoothing(table: pd.DataFrame) -> pd.DataFrame:
+    """Results from before the smoothing convention was recorded: the convention then, under
+    which the uniform mass is ε itself."""
+    table = table.copy()
+    for col, missing in (("smoothing_to", None), ("smoothing_uniform_mass", math.nan)):
+        if col not in table:
+            table[col] = missing
+    old = table["smoothing_to"].isna()
+    mass = pd.to_numeric(table["smoothing_uniform_mass"], errors="coerce").astype(float)
+    table["smoothing_to"] = table["smoothing_to"].where(~old, LEGACY_SMOOTHING_TO)
+    table["smoothing_uniform_mass"] = mass.where(~(old & mass.isna()),
+                                                 table["smoothing"].astype(float))
+    return table
+
+
+def _warn_without_config(rows: list[dict]) -> None:
+    """One warning for every result written before `config` was recorded."""
+    old = sum(CONFIG not in r for r in rows)
+    if old:
+        print(f"warning: {old} of {len(rows)} runs have a {RESULTS} without `{CONFIG}` (written "
+              "before every setting was recorded): their settings are incomplete. They are "
+              "never pooled with runs that record theirs, but among themselves they are told "
+              "apart only by dataset, model, noise, α, ε, epochs and the study, so runs that "
+              "differ in another setting (learning rate, width, ...) would be averaged "
+              "together; their smoothing convention is taken as "
+              f"'{LEGACY_SMOOTHING_TO}'.", file=sys.stderr)
+
+
 def _table(rows: list[dict]) -> pd.DataFrame:
-    """The tidy table: one row per run, metrics as floats (null becomes NaN)."""
-    table = pd.DataFrame(rows)
+    """The tidy table: one row per run, metrics as floats (null becomes NaN), settings from
+    `config` and `inputs` as columns."""
+    _warn_without_config(rows)
+    table = pd.DataFrame([_settings(r) for r in rows])
+    if table.empty:
+        return table
     for col in table.columns:
-        # Lists and objects (tags, say) as JSON text, so that rows can be compared and grouped.
+        # Lists and objects (tags, channels) as JSON text, so rows can be compared and grouped.
         if table[col].map(lambda v: isinstance(v, (list, dict))).any():
-            table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict))
-                                        else v)
+            table[col] = table[col].map(lambda v: json.dumps(v, sort_keys=True)
+                                        if isinstance(v, (list, dict)) else v)
     for m in METRICS:
         if m in table:
             table[m] = pd.to_numeric(table[m], errors="coerce").astype(float)
-    return table
+    return _legacy_smoothing(_drop_mirrors(table))
 
 
 def load_runs(paths: Sequence[str | Path], *, allow_duplicates: bool = False) -> Runs:
@@ -150,7 +261,8 @@ def load_runs(paths: Sequence[str | Path], *, allow_duplicates: bool = False) ->
     table = _table(rows)
     probs = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
     corrupt = int((probs["status"] == "corrupt").sum())
-    table, dropped = resolve_duplicates(table, allow_duplicates)
+    table, dropped = resolve_duplicates(table, allow_duplicates,
+                                        frozenset(probs["run_dir"]))
     probs = pd.concat([probs, dropped], ignore_index=True) if len(dropped) else probs
     return Runs(table=table, problems=probs, corrupt=corrupt)
 
@@ -176,13 +288,15 @@ def _duplicate_message(dups: pd.DataFrame, keys: list[str]) -> str:
     return "; ".join(lines)
 
 
-def resolve_duplicates(table: pd.DataFrame, allow: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Completed runs with the same config and seed: raise, or keep the newest of each."""
+def resolve_duplicates(table: pd.DataFrame, allow: bool, unusable: frozenset[str] = frozenset()
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Completed runs (but the `unusable` run folders) with the same config and seeds: raise,
+    or keep the newest of each."""
     empty = pd.DataFrame(columns=PROBLEM_COLUMNS)
     if table.empty:
         return table, empty
-    done = table[table["status"] == "completed"]
-    keys = config_columns(done.columns)
+    done = table[(table["status"] == "completed") & ~table["run_dir"].isin(unusable)]
+    keys = config_columns(done.columns) + [k for k in REPLICATE_KEYS if k in done]
     is_dup = done.duplicated(subset=keys, keep=False)
     if not is_dup.any():
         return table, empty

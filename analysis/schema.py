@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from src.results import METRICS as METRICS_LOG  # noqa: F401  (METRICS here: the metric keys)
-from src.results import RESULTS  # noqa: F401
+from src.run.records import METRICS as METRICS_LOG  # noqa: F401  (METRICS here: the metric keys)
+from src.run.records import RESULTS  # noqa: F401
 
 # Aggregated over seeds (mean, std with ddof=1, n).
 METRICS = (
     "final_test_acc", "best_test_acc", "final_test_ece", "final_test_loss", "final_memorized",
     "final_recovered", "best_val_acc", "test_acc_at_best_val", "noise_rate_realized",
     "train_time_s",
+    # Calibration at the last epoch: negative log-likelihood, Brier score, the over- and
+    # under-confident parts of ECE, and ECE after temperature scaling (Guo et al., ICML 2017)
+    # with the temperature fitted on the noisy validation split.
+    "final_test_nll", "final_test_brier", "final_test_ece_over", "final_test_ece_under",
+    "final_test_ece_ts",
 )
 # Per-run outputs that are not averaged; never part of a run's identity.
 OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s")
@@ -20,17 +25,49 @@ META = (
     "status", "error", "experiment", "group", "run_dir", "augmentation", "device", "amp",
     "started_at", "finished_at", "results_mtime", "config_fingerprint", "trained_with_seeds",
 )
-NOT_CONFIG = frozenset(METRICS + OTHER_OUTPUTS + META)
+# Replicates of one setting: the training seed and the seed of the label-noise draw. A cell's
+# mean is over both (each noise draw is a sample of the same noise model, as each
+# initialisation is of the same training).
+REPLICATE_KEYS = ("seed", "noise_seed")
+NOT_CONFIG = frozenset(METRICS + OTHER_OUTPUTS + META + REPLICATE_KEYS)
+
+# The nested objects of results.json, flattened into one column per key by the loader:
+# `config` (every training setting, dotted keys) and `inputs` (the content hash of each file
+# the run read, by the config key that named it).
+CONFIG = "config"
+INPUTS = "inputs"
+CONFIG_PREFIX = "config."
+INPUT_PREFIX = "input."
+# Config keys that repeat a top-level results key: the top-level key is the column, and the
+# copy is dropped where it says nothing more (see load.py).
+CONFIG_MIRRORS = {
+    "dataset.name": "dataset", "model.name": "model", "augmentation.mixup_alpha": "mixup_alpha",
+    "augmentation.smoothing": "smoothing", "augmentation.smoothing_to": "smoothing_to",
+    "noise.name": "noise", "noise.rate": "noise_rate", "noise.label_set": "noise_label_set",
+    "trainer.epochs": "epochs", "dataset.val_fraction": "val_fraction",
+}
+# Config keys that are not settings: replicate seeds, the augmentation's name (see META), and
+# where data lives (a file's content is a setting through its hash in `inputs`, its path not).
+CONFIG_NOT_SETTINGS = frozenset({"trainer.seed", "noise.seed", "augmentation.name",
+                                 "dataset.root", "dataset.download"})
+
+# Results written before the smoothing convention was recorded used s(y) = (1 - ε) y + ε / K
+# (src/augment.py then): smoothing over all classes, whose uniform mass is ε itself.
+LEGACY_SMOOTHING_TO = "all"
 
 # Always grouped on (even when constant) so the tables say what they hold.
 BASE_KEYS = (
     "dataset", "model", "noise", "noise_rate", "noise_label_set", "method", "mixup_alpha",
-    "smoothing", "epochs",
+    "smoothing", "smoothing_to", "smoothing_uniform_mass", "epochs",
 )
-# Config keys of the results contract; any other one is reported when it splits groups.
-KNOWN_CONFIG = frozenset(BASE_KEYS + ("seed", "noise_seed", "val_fraction"))
-# What the ε × α grid is indexed by; the rest of the group keys make a panel.
-GRID_KEYS = ("method", "mixup_alpha", "smoothing")
+# Config keys of the results contract; any other top-level key is reported when it splits
+# groups (the flattened `config.*` and `input.*` columns are settings by contract).
+KNOWN_CONFIG = frozenset(BASE_KEYS + REPLICATE_KEYS + ("val_fraction",))
+# What the ε × α grid is indexed by; the rest of the group keys make a panel. The uniform mass
+# is a function of ε within a panel (its convention and class count are panel keys).
+GRID_KEYS = ("method", "mixup_alpha", "smoothing", "smoothing_uniform_mass")
+# The two row axes of a table: ε as configured, or the uniform mass m of (1 - m) y + m / K.
+EPS_AXES = {"smoothing": "smoothing", "uniform_mass": "smoothing_uniform_mass"}
 # A results.json without these cannot be placed in any table.
 REQUIRED = ("status", "dataset", "model", "mixup_alpha", "smoothing", "noise", "noise_rate",
             "seed", "epochs")
@@ -39,6 +76,12 @@ STATUSES = ("completed", "failed", "diverged", "interrupted")
 
 
 def config_columns(columns) -> list[str]:
-    """The columns that define a run (with the seed): every key not an output or a label."""
+    """The columns that define a setting (replicate seeds excluded): every key not an output,
+    a label or a replicate key."""
     # Unknown keys count as config, so a setting added later is never averaged across.
     return [c for c in columns if c not in NOT_CONFIG and not str(c).startswith("_")]
+
+
+def is_recorded_setting(column: str) -> bool:
+    """A setting the results contract names: a known key or a flattened config/input key."""
+    return column in KNOWN_CONFIG or str(column).startswith((CONFIG_PREFIX, INPUT_PREFIX))

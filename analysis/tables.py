@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,60 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import Panel, fmt_value
+from analysis.errors import AnalysisError
+from analysis.schema import EPS_AXES
 
-# metric -> (title, unit scale, whether higher is better)
+
+@dataclass(frozen=True)
+class TableMetric:
+    """How one metric is tabulated: title, display scale, which way is better, and why."""
+
+    title: str
+    scale: float
+    higher: bool
+    why: str
+    note: str = ""
+    digits: int = 2
+
+    @property
+    def bolds(self) -> str:
+        """What the bold cell is, and why."""
+        return f"Bold: the {'highest' if self.higher else 'lowest'} mean ({self.why})."
+
+
+RAW_ECE = ("Raw ECE under label noise mixes the noise with miscalibration (confidence learnt "
+           "from noisy labels is judged against clean test labels); ECE after temperature "
+           "scaling (final_test_ece_ts) separates the two and is the one to compare.")
+CALIBRATED = "lower is better: a calibration error"
+PROPER = "lower is better: a proper scoring rule, accuracy and calibration together"
+
+# metric -> how it is tabulated (and heat-mapped), in the order the files are written
 TABLE_METRICS = {
-    "final_test_acc": ("final test accuracy (%)", 100.0, True),
-    "best_test_acc": ("best test accuracy (%)", 100.0, True),
-    "final_test_ece": ("test ECE, 15 bins (%)", 100.0, False),
-    "final_memorized": ("memorised: corrupted training labels fitted (%)", 100.0, False),
+    "final_test_acc": TableMetric("final test accuracy (%)", 100.0, True, "higher is better"),
+    "best_test_acc": TableMetric(
+        "best test accuracy (%)", 100.0, True, "higher is better",
+        "The best epoch is chosen on the test set: an upper bound, not a result."),
+    "final_memorized": TableMetric(
+        "memorised: corrupted training labels fitted (%)", 100.0, False,
+        "lower is better: fewer noisy labels fitted"),
+    "final_test_ece_ts": TableMetric(
+        "test ECE after temperature scaling, 15 bins (%)", 100.0, False, CALIBRATED,
+        "Temperature (Guo et al., ICML 2017) fitted on the noisy validation split; unlike raw "
+        "ECE, this compares calibration across settings without the noise mixed in."),
+    "final_test_ece": TableMetric("test ECE, 15 bins (%)", 100.0, False, CALIBRATED, RAW_ECE),
+    "final_test_ece_over": TableMetric(
+        "test ECE, over-confident part (%)", 100.0, False, CALIBRATED, RAW_ECE),
+    "final_test_ece_under": TableMetric(
+        "test ECE, under-confident part (%)", 100.0, False, CALIBRATED, RAW_ECE),
+    "final_test_nll": TableMetric("test NLL (nats)", 1.0, False, PROPER, digits=3),
+    "final_test_brier": TableMetric("test Brier score", 1.0, False, PROPER, digits=3),
+}
+
+# Row axis -> (symbol, axis label, what it is); schema.EPS_AXES names the columns behind them.
+AXIS_TEXT = {
+    "smoothing": ("ε", "label smoothing ε", "label smoothing ε as configured"),
+    "uniform_mass": ("m", "uniform smoothing mass m",
+                     "uniform mass m of the smoothed target (1 − m)·y + m/K"),
 }
 
 
@@ -25,11 +73,28 @@ class Grid:
     """One metric of one panel on the ε (rows) × α (columns) grid, in display units."""
 
     metric: str
-    title: str
+    spec: TableMetric
+    eps_axis: str           # "smoothing" or "uniform_mass": what the rows are
+    convention: str | None  # the panel's smoothing convention (smoothing_to)
     mean: pd.DataFrame
     std: pd.DataFrame
     n: pd.DataFrame
     best: pd.DataFrame  # bool: the best cell(s)
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    @property
+    def symbol(self) -> str:
+        """The row variable's symbol: ε or m."""
+        return AXIS_TEXT[self.eps_axis][0]
+
+    @property
+    def axes(self) -> str:
+        """What rows and columns are, with the smoothing convention."""
+        conv = f" (smoothing_to={self.convention})" if self.convention else ""
+        return f"rows: {AXIS_TEXT[self.eps_axis][2]}{conv}; columns: Mixup α"
 
     @property
     def empty(self) -> bool:
@@ -37,51 +102,76 @@ class Grid:
         return bool(self.mean.isna().all().all())
 
 
-def _pivot(cells: pd.DataFrame, col: str, scale: float = 1.0) -> pd.DataFrame:
-    """One summary column as an ε × α frame."""
-    p = cells.pivot(index="smoothing", columns="mixup_alpha", values=col) * scale
+def check_eps_axis(eps_axis: str) -> str:
+    """The row-axis name, or AnalysisError naming the ones there are."""
+    if eps_axis not in EPS_AXES:
+        raise AnalysisError(f"eps axis {eps_axis!r} is not one of {', '.join(EPS_AXES)}: "
+                            "'smoothing' puts ε as configured on the rows, 'uniform_mass' the "
+                            "uniform mass m of (1 − m)·y + m/K")
+    return eps_axis
+
+
+def _pivot(cells: pd.DataFrame, row: str, col: str, scale: float = 1.0) -> pd.DataFrame:
+    """One summary column as a row × α frame, both axes in numeric order (negative ε first)."""
+    p = cells.pivot(index=row, columns="mixup_alpha", values=col) * scale
     return p.sort_index().sort_index(axis=1)
 
 
-def grid(panel: Panel, metric: str) -> Grid:
-    """The ε × α grid of `metric` for `panel`."""
-    title, scale, higher = TABLE_METRICS[metric]
-    mean = _pivot(panel.cells, f"{metric}_mean", scale)
-    std = _pivot(panel.cells, f"{metric}_std", scale)
-    n = _pivot(panel.cells, f"{metric}_n").fillna(0).astype(int)
-    target = mean.max().max() if higher else mean.min().min()
+def _check_rows(panel: Panel, row: str) -> None:
+    """Every cell has a row value, and no two cells share (row value, α)."""
+    cells = panel.cells
+    if row not in cells or cells[row].isna().any():
+        raise AnalysisError(f"{panel.label}: some runs have no {row} in their results.json, "
+                            "so they cannot be placed on that axis; use --eps-axis smoothing")
+    if cells.duplicated([row, "mixup_alpha"]).any():
+        raise AnalysisError(f"{panel.label}: several ε share one {row} at one α, so a table on "
+                            "that axis would mix settings in a cell; use --eps-axis smoothing")
+
+
+def grid(panel: Panel, metric: str, eps_axis: str = "smoothing") -> Grid:
+    """The ε (or uniform mass) × α grid of `metric` for `panel`."""
+    spec, row = TABLE_METRICS[metric], EPS_AXES[check_eps_axis(eps_axis)]
+    _check_rows(panel, row)
+    mean = _pivot(panel.cells, row, f"{metric}_mean", spec.scale)
+    std = _pivot(panel.cells, row, f"{metric}_std", spec.scale)
+    n = _pivot(panel.cells, row, f"{metric}_n").fillna(0).astype(int)
+    target = mean.max().max() if spec.higher else mean.min().min()
     best = mean == target  # all False when every cell is NaN (NaN equals nothing)
-    return Grid(metric, title, mean, std, n, best)
+    convention = panel.values.get("smoothing_to")
+    return Grid(metric, spec, eps_axis, None if convention is None else str(convention),
+                mean, std, n, best)
 
 
-def cell_text(mean: float, std: float, n: int, pm: str = "±", na: str = "n/a") -> str:
+def cell_text(mean: float, std: float, n: int, pm: str = "±", na: str = "n/a",
+              digits: int = 2) -> str:
     """'mean ± std (n)': std is n/a for a single seed, the whole cell n/a without values."""
     if n == 0 or math.isnan(mean):
         return na
-    s = na if math.isnan(std) else f"{std:.2f}"
-    return f"{mean:.2f} {pm} {s} ({n})"
+    s = na if math.isnan(std) else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f} {pm} {s} ({n})"
 
 
 def _texts(g: Grid, pm: str, na: str) -> pd.DataFrame:
     """The grid's cells as text."""
-    return pd.DataFrame([[cell_text(g.mean.iat[i, j], g.std.iat[i, j], g.n.iat[i, j], pm, na)
+    return pd.DataFrame([[cell_text(g.mean.iat[i, j], g.std.iat[i, j], g.n.iat[i, j], pm, na,
+                                    g.spec.digits)
                           for j in range(g.mean.shape[1])] for i in range(g.mean.shape[0])],
                         index=g.mean.index, columns=g.mean.columns)
 
 
 def grid_frame(g: Grid) -> pd.DataFrame:
-    """The grid's cells as text with an ε column (for W&B and other tabular sinks)."""
+    """The grid's cells as text with a row-variable column (for W&B and other sinks)."""
     t = _texts(g, "±", "n/a")
     t.columns = [f"α={fmt_value(v)}" for v in t.columns]
-    return t.rename_axis("ε").reset_index()
+    return t.rename_axis(g.symbol).reset_index()
 
 
 def to_markdown(g: Grid) -> str:
-    """The grid as a Markdown table (rows ε, columns α), the best cell in bold."""
+    """The grid as a Markdown table (rows ε or m, columns α), the best cell in bold."""
     t = _texts(g, "±", "n/a").where(~g.best, lambda x: "**" + x + "**")
     t.index = [fmt_value(v) for v in t.index]
     t.columns = [f"α={fmt_value(v)}" for v in t.columns]
-    t.index.name = "ε"
+    t.index.name = g.symbol
     return t.to_markdown(stralign="right")
 
 
@@ -89,7 +179,7 @@ def latex_escape(text: str) -> str:
     """Escape the LaTeX specials that occur in labels and titles."""
     pairs = (("\\", r"\textbackslash{}"), ("%", r"\%"), ("_", r"\_"), ("&", r"\&"),
              ("#", r"\#"), ("×", r"$\times$"), ("±", r"$\pm$"), ("ε", r"$\varepsilon$"),
-             ("α", r"$\alpha$"))
+             ("α", r"$\alpha$"), ("−", "-"), ("·", r"$\cdot$"))
     for a, b in pairs:
         text = text.replace(a, b)
     return text
@@ -98,7 +188,8 @@ def latex_escape(text: str) -> str:
 def to_latex(g: Grid, caption: str, label: str) -> str:
     """The grid as a booktabs LaTeX table, the best cell in \\textbf."""
     t = _texts(g, r"$\pm$", "--")
-    t.index = [rf"$\varepsilon={fmt_value(v)}$" for v in t.index]
+    sym = r"\varepsilon" if g.eps_axis == "smoothing" else "m"
+    t.index = [rf"${sym}={fmt_value(v)}$" for v in t.index]
     t.columns = [rf"$\alpha={fmt_value(v)}$" for v in t.columns]
     marks = pd.DataFrame(np.where(g.best.to_numpy(), "textbf:--rwrap;", ""),
                          index=t.index, columns=t.columns)
@@ -107,13 +198,33 @@ def to_latex(g: Grid, caption: str, label: str) -> str:
                            position_float="centering")
 
 
+def caption(g: Grid, panel: Panel) -> str:
+    """What the table holds: panel, metric, cells and axes."""
+    return f"{panel.label}: {g.title}, mean ± std (n seeds); {g.axes}"
+
+
+def notes(g: Grid) -> str:
+    """What the bold cell is and why, and the metric's caveat."""
+    return " ".join(x for x in (g.spec.bolds, g.spec.note) if x)
+
+
+def file_stem(*parts: str, limit: int = 160) -> str:
+    """File name parts joined by '__', shortened with a hash of the whole past `limit`
+    characters (panel labels grow with every setting that varies)."""
+    stem = "__".join(parts)
+    if len(stem) <= limit:
+        return stem
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:10]
+    return f"{stem[:limit - 12]}__{digest}"
+
+
 def write_grid(g: Grid, panel: Panel, folder: Path) -> dict[str, Path]:
     """Write the grid's .md and .tex files; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{panel.slug}__{g.metric}"
-    caption = f"{panel.label}: {g.title}, mean ± std (n seeds) over ε × α"
+    stem = file_stem(panel.slug, g.metric)
+    text = caption(g, panel)
     md = folder / f"{stem}.md"
-    md.write_text(f"**{caption}**\n\n{to_markdown(g)}\n")
+    md.write_text(f"**{text}**\n\n{to_markdown(g)}\n\n{notes(g)}\n")
     tex = folder / f"{stem}.tex"
-    tex.write_text(to_latex(g, caption, f"tab:{panel.slug}-{g.metric}"))
+    tex.write_text(to_latex(g, f"{text}. {notes(g)}", f"tab:{stem}"))
     return {"md": md, "tex": tex}
