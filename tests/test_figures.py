@@ -89,7 +89,8 @@ def test_save_writes_pdf_and_png_at_print_resolution(tmp_path):
     png, pdf = save(heatmap([(panel, grid(panel, "final_test_acc"))], "x"), tmp_path / "f" / "h")
     assert (png.name, pdf.name) == ("h.png", "h.pdf")
     assert DPI >= 200
-    assert Image.open(png).info["dpi"] == pytest.approx((DPI, DPI), abs=0.01)
+    with Image.open(png) as image:
+        assert image.info["dpi"] == pytest.approx((DPI, DPI), abs=0.01)
     assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
@@ -171,3 +172,11 @@ def test_two_studies_into_one_out_list_only_their_own_figures(tmp_path, monkeypa
     assert {"fashion__cnn__symmetric__final_test_acc__heatmap.png",
             "fashion__cnn__symmetric__acc_vs_noise_rate.png",
             "fashion__cnn__symmetric_0.4__curves.png"} <= names
+
+
+def test_heatmap_rows_on_the_uniform_mass_axis(tmp_path):
+    panel = panels_of(write_study(tmp_path))[1]
+    fig = heatmap([(panel, grid(panel, "final_test_acc", "uniform_mass"))], "x")
+    (ax,) = [ax for ax in fig.axes if ax.get_images()]
+    assert ax.get_ylabel() == "uniform smoothing mass m"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["-1", "0", "0.1", "0.2"]
