@@ -19,9 +19,20 @@ from analysis.aggregate import (
     summarise,
 )
 from analysis.load import Runs, load_runs
+from analysis.output import check_writable
 from analysis.report import Findings, write_report
-from analysis.schema import KNOWN_CONFIG
-from analysis.tables import TABLE_METRICS, Grid, grid, grid_frame, to_markdown, write_grid
+from analysis.schema import is_recorded_setting
+from analysis.stats import StatsOptions
+from analysis.tables import (
+    TABLE_METRICS,
+    Grid,
+    check_eps_axis,
+    file_stem,
+    grid,
+    grid_frame,
+    to_markdown,
+    write_grid,
+)
 
 
 def default_out(paths: Sequence[str | Path]) -> Path:
@@ -30,15 +41,18 @@ def default_out(paths: Sequence[str | Path]) -> Path:
     return (first.parent if first.is_file() else first) / "analysis"
 
 
-def write_grids(panels: list[Panel], out: Path) -> dict[str, list[Grid]]:
-    """Every non-empty ε × α table of every panel as .md, .tex and heatmap .png."""
-    grids: dict[str, list[Grid]] = {}
+def make_grids(panels: list[Panel], eps_axis: str) -> dict[str, list[Grid]]:
+    """Every non-empty ε × α table of every panel, by panel label (nothing written yet, so
+    a table that cannot be made leaves no files)."""
+    return {p.label: [g for g in (grid(p, m, eps_axis) for m in TABLE_METRICS) if not g.empty]
+            for p in panels}
+
+
+def write_grids(panels: list[Panel], grids: dict[str, list[Grid]], out: Path) -> None:
+    """Every table as .md and .tex in tables/."""
     for p in panels:
-        grids[p.label] = [g for g in (grid(p, m) for m in TABLE_METRICS) if not g.empty]
         for g in grids[p.label]:
             write_grid(g, p, out / "tables")
-            plots.heatmap(g, p, out / "plots" / f"{p.slug}__{g.metric}__heatmap.png")
-    return grids
 
 
 def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
@@ -54,17 +68,26 @@ def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
     return families
 
 
-def write_curves(panels: list[Panel], keys: list[str], out: Path) -> list[Path]:
-    """Accuracy-vs-noise-rate plots (where rates vary) and training curves per panel."""
-    figs: list[Path] = []
+def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[str],
+                  out: Path) -> list[Path]:
+    """Per family of panels (differing only in noise rate): one heatmap figure per metric on a
+    shared colour scale and, where rates vary, accuracy against noise rate; per panel,
+    training curves. Each as PNG and PDF; returns the paths written, PNG first."""
+    folder, written = out / "plots", []
     for name, members in _families(panels, keys).items():
+        for metric in TABLE_METRICS:
+            items = [(p, g) for p in members for g in grids.get(p.label, [])
+                     if g.metric == metric]
+            if items:
+                written += plots.save(plots.heatmap(items, name),
+                                      folder / file_stem(slug(name), metric, "heatmap"))
         if len({p.values["noise_rate"] for p in members}) > 1:
-            path = out / "plots" / f"{slug(name)}__acc_vs_noise_rate.png"
-            figs.append(plots.noise_plot(name, plots.best_per_rate(members), path))
+            written += plots.save(plots.noise_plot(name, plots.choose_per_rate(members)),
+                                  folder / file_stem(slug(name), "acc_vs_noise_rate"))
     for p in panels:
-        fig = plots.training_curves(p, out / "plots" / f"{p.slug}__curves.png")
-        figs += [fig] if fig else []
-    return figs
+        fig = plots.training_curves(p)
+        written += plots.save(fig, folder / file_stem(p.slug, "curves")) if fig else []
+    return written
 
 
 def _print_problems(runs: Runs, quiet: bool) -> None:
@@ -87,17 +110,14 @@ def _print_tables(grids: dict[str, list[Grid]]) -> None:
 
 
 def _findings(runs: Runs, paths: Sequence[str | Path], panels: list[Panel],
-              grids: dict[str, list[Grid]], figures: list[Path]) -> Findings:
+              grids: dict[str, list[Grid]], figures: list[Path],
+              options: StatsOptions | None = None) -> Findings:
     """Answer the report's questions."""
-    best = questions.best_eps(panels)
-    hurts, compared = questions.combination_hurts(panels)
-    gap, skipped = questions.val_vs_test(panels)
     tables = {label: to_markdown(gs[0]) for label, gs in grids.items() if gs}
     return Findings(paths=[str(p) for p in paths], n_runs=len(runs.table),
                     n_completed=len(runs.completed), panels=panels, tables=tables,
-                    best_eps=best, moves=questions.best_eps_moves(panels, best), hurts=hurts,
-                    n_compared=compared, val_gap=gap, val_skipped=skipped,
-                    problems=runs.problems, corrupt=runs.corrupt, figures=figures)
+                    answers=questions.answer(panels, options), problems=runs.problems,
+                    corrupt=runs.corrupt, figures=figures)
 
 
 def _write_csvs(out: Path, frames: dict[str, pd.DataFrame]) -> None:
@@ -116,13 +136,13 @@ def _wandb_tables(frames: dict[str, pd.DataFrame], panels: list[Panel],
     return tables
 
 
-def _aggregate(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
+def aggregate_runs(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
     """Summary over seeds of the completed runs, and its panels."""
     done = runs.completed
     if done.empty:
         return pd.DataFrame(), [], []
     keys = group_keys(done)
-    unknown = [k for k in keys if k not in KNOWN_CONFIG and k != "experiment"]
+    unknown = [k for k in keys if not is_recorded_setting(k) and k != "experiment"]
     if unknown:
         print(f"note: results.json keys outside the contract taken as settings (they split "
               f"groups): {', '.join(unknown)}")
@@ -132,21 +152,25 @@ def _aggregate(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
 
 
 def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None, *,
-            quiet: bool = False, push_wandb: bool = False,
-            allow_duplicates: bool = False) -> Path:
-    """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder."""
+            quiet: bool = False, push_wandb: bool = False, allow_duplicates: bool = False,
+            eps_axis: str = "smoothing", stats: StatsOptions | None = None) -> Path:
+    """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder.
+    `eps_axis`: the tables' rows, "smoothing" (ε as configured) or "uniform_mass". `stats`:
+    how claims are tested (correction, δ, minimum pairs); findings.csv holds every claim."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    check_eps_axis(eps_axis)
+    out = check_writable(Path(out_dir) if out_dir is not None else default_out(paths))
     runs = load_runs(paths, allow_duplicates=allow_duplicates)
-    out = Path(out_dir) if out_dir is not None else default_out(paths)
+    summary, panels, keys = aggregate_runs(runs)
+    grids = make_grids(panels, eps_axis)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    summary, panels, keys = _aggregate(runs)
-    grids = write_grids(panels, out)
-    figures = write_curves(panels, keys, out) + sorted((out / "plots").glob("*__heatmap.png"))
-    findings = _findings(runs, paths, panels, grids, figures)
+    write_grids(panels, grids, out)
+    written = write_figures(panels, grids, keys, out)
+    figures = [p for p in written if p.suffix == ".png"]
+    findings = _findings(runs, paths, panels, grids, figures, stats)
     frames = {"runs": runs.table, "problems": runs.problems,
               "summary": summary.drop(columns="_panel", errors="ignore"),
-              "best_eps": findings.best_eps, "combination_hurts": findings.hurts,
-              "val_vs_test": findings.val_gap}
+              **findings.answers.frames()}
     _write_csvs(out, frames)
     report = write_report(findings, out / "report.md")
     if not quiet:
@@ -156,5 +180,6 @@ def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None
     if push_wandb:
         from analysis.wandb_push import push
 
-        push(_wandb_tables(frames, panels, grids), runs.completed, out)
+        push(_wandb_tables(frames, panels, grids), runs.completed, out,
+             figures=figures, report=report, study=default_out(paths).parent)
     return out

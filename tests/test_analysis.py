@@ -6,18 +6,20 @@ import contextlib
 import io
 import json
 import math
+import os
 import statistics
 import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from analysis import AnalysisError, analyse, load_runs
 from analysis.__main__ import main
-from analysis.stats import welch_p
+from analysis.stats import welch
 from analysis.wandb_push import push
 from tests.conftest import run_module
 
@@ -36,7 +38,17 @@ AT_BEST_VAL = {(0.4, 0.0, 0.1): [0.73, 0.75]}
 
 def method(alpha: float, eps: float) -> str:
     return {(False, False): "none", (True, False): "mixup", (False, True): "smoothing",
-            (True, True): "mixup_smoothing"}[(alpha > 0, eps > 0)]
+            (True, True): "mixup_smoothing"}[(alpha > 0, eps != 0)]
+
+
+def config(rate: float, alpha: float, eps: float, **kw) -> dict:
+    """The `config` object of a result: every training setting, dotted keys (no seeds)."""
+    return {"dataset.name": "digits", "dataset.val_fraction": 0.2, "dataset.val_seed": 0,
+            "dataset.root": None, "model.name": "cnn", "model.channels": [16, 32],
+            "augmentation.name": "mixup_smoothing", "augmentation.mixup_alpha": alpha,
+            "augmentation.smoothing": eps, "augmentation.smoothing_to": "all",
+            "noise.name": "symmetric", "noise.rate": rate, "noise.include_true_class": False,
+            "trainer.lr": 0.05, "trainer.batch_size": 64, "trainer.epochs": 3, **kw}
 
 
 def result(rate: float, alpha: float, eps: float, seed: int, acc: float | None, **kw) -> dict:
@@ -54,10 +66,17 @@ def result(rate: float, alpha: float, eps: float, seed: int, acc: float | None, 
             "final_test_loss": 1.0, "final_test_ece": None if acc is None else (1 - acc) / 10,
             "final_memorized": (0.5 - acc / 2) if rate > 0 and acc is not None else None,
             "final_recovered": None, "best_val_acc": val,
+            # Calibration: ECE after temperature scaling is lowest at (α = 0, ε = 0.1).
+            "final_test_nll": None if acc is None else 2 * (1 - acc),
+            "final_test_brier": None if acc is None else 1 - acc,
+            "final_test_ece_over": 0.02, "final_test_ece_under": 0.01,
+            "final_test_ece_ts": abs(eps - 0.1) / 10 + alpha / 100 + 0.01,
             "test_acc_at_best_val": AT_BEST_VAL.get(key, [acc] * 2)[i]
             if acc is not None else None,
             "epochs_done": 3, "started_at": "2026-01-01T00:00:00+00:00",
-            "finished_at": "2026-01-01T00:10:00+00:00", **kw}
+            "finished_at": "2026-01-01T00:10:00+00:00", "smoothing_to": "all",
+            "smoothing_uniform_mass": eps, "config": config(rate, alpha, eps), "inputs": {},
+            **kw}
 
 
 def write_run(folder: Path, res: dict | str | None, epochs: int = 3) -> Path:
@@ -161,53 +180,82 @@ def test_corrupt_results_are_named_skipped_and_counted(planted, tmp_path):
     assert "2 corrupt results.json skipped" in (folder / "report.md").read_text()
 
 
-def test_best_eps_per_alpha_and_welch_p(planted):
+def findings_rows(folder: Path, question: str) -> pd.DataFrame:
+    """The rows of findings.csv for one question in the 40 % noise panel."""
+    f = pd.read_csv(folder / "findings.csv", keep_default_na=False, na_values=[""])
+    return f[(f.question == question) & f.panel.str.contains("0.4")].set_index("comparison")
+
+
+def test_best_eps_picked_on_validation_and_tested_paired(planted):
     _, folder, _, _ = planted
     best = pd.read_csv(folder / "best_eps.csv")
     at = best[best.panel.str.contains("0.4")].set_index("mixup_alpha")
-    assert at.loc[0.0, "best_smoothing"] == 0.1 and at.loc[0.4, "best_smoothing"] == 0.0
-    assert at.loc[0.0, "gain"] == pytest.approx(0.71 - 0.62)
-    p = stats.ttest_ind([0.70, 0.72], [0.60, 0.64], equal_var=False).pvalue
-    assert at.loc[0.0, "p_value"] == pytest.approx(p)
-    assert math.isnan(at.loc[0.4, "p_value"])  # best ε is 0: nothing to test
+    # Validation (not test accuracy) picks: 0.91 for ε = 0.1 at α = 0; 0.72 for ε = 0 at 0.4.
+    assert at.loc[0.0, "picked_smoothing"] == 0.1 and at.loc[0.4, "picked_smoothing"] == 0.0
+    assert at.loc[0.0, "picked_test_acc"] == pytest.approx(0.71)
+    assert at.loc[0.0, "sign"] == "positive" and at.loc[0.4, "sign"] == "zero"
+    q1 = findings_rows(folder, "Q1")
+    row = q1.loc["α=0: ε=0.1 vs ε=0"]
+    # Paired on the seed: differences 0.10 and 0.08.
+    assert row.effect_pp == pytest.approx(9.0) and row.n_pairs == 2
+    assert row.p == pytest.approx(stats.ttest_rel([0.70, 0.72], [0.60, 0.64]).pvalue)
+    half = stats.t.ppf(0.975, 1) * statistics.stdev([0.10, 0.08]) / math.sqrt(2)
+    assert (row.ci_low_pp, row.ci_high_pp) == pytest.approx((100 * (0.09 - half),
+                                                             100 * (0.09 + half)))
+    # Holm over the two testable comparisons of the panel (ε = 0.2 has one run).
+    other = stats.ttest_rel([0.73, 0.74], [0.75, 0.79]).pvalue
+    assert row.p_adjusted == pytest.approx(2 * row.p)
+    assert q1.loc["α=0.4: ε=0.1 vs ε=0"].p_adjusted == pytest.approx(max(2 * row.p, other))
+    assert row.verdict == "undecided (too few seeds)"  # 2 seeds decide nothing
+    picked = q1.loc["α=0: best ε on validation (ε=0.1) vs ε=0"]
+    assert picked.restates == "Q1" and picked.p_adjusted == row.p_adjusted
     report = (folder / "report.md").read_text()
-    assert f"{p:.3g}" in report and "+9.00 pp" in report
-    assert "best in 1 of 4 (setting, α) pairs" in report
+    assert f"{row.p:.3g}" in report and "+9.00 pp" in report
+    assert "**Smoke test: digits / cnn / symmetric 0.4**" in report
 
 
-def test_combination_hurts_lists_the_planted_case(planted):
+def test_combination_is_compared_with_each_single_method(planted):
     _, folder, _, _ = planted
-    hurts = pd.read_csv(folder / "combination_hurts.csv")
-    assert len(hurts) == 1
-    row = hurts.iloc[0]
-    assert (row.mixup_alpha, row.smoothing, row.better_alone) == (0.4, 0.1, "mixup")
-    assert row["diff"] == pytest.approx(0.735 - 0.77)
-    p = stats.ttest_ind([0.73, 0.74], [0.75, 0.79], equal_var=False).pvalue
-    assert row["p_value"] == pytest.approx(p)
+    q3 = findings_rows(folder, "Q3")
+    assert len(q3) == 2  # the one combined cell (0.4, 0.1), against each single method
+    mixup = q3.loc["α=0.4, ε=0.1 vs Mixup alone (α=0.4, ε=0)"]
+    smooth = q3.loc["α=0.4, ε=0.1 vs smoothing alone (α=0, ε=0.1)"]
+    assert mixup.effect_pp == pytest.approx(-3.5) and smooth.effect_pp == pytest.approx(2.5)
+    p_mix = stats.ttest_rel([0.73, 0.74], [0.75, 0.79]).pvalue
+    p_smooth = stats.ttest_rel([0.73, 0.74], [0.70, 0.72]).pvalue
+    assert (mixup.p, smooth.p) == pytest.approx((p_mix, p_smooth))
+    assert smooth.p_adjusted == pytest.approx(min(1, 2 * min(p_mix, p_smooth)))
+    assert set(q3.verdict) == {"undecided (too few seeds)"}
     section = (folder / "report.md").read_text().split("## 3.")[1].split("## 4.")[0]
-    assert "1 of them do worse (0 with Welch p < 0.05)" in section
-    assert "-3.50 pp" in section and f"{p:.3g}" in section
+    assert "worse than Mixup alone in 0, worse than smoothing alone in 0" in section
+    assert "-3.50 pp" in section and f"{p_mix:.3g}" in section
 
 
-def test_validation_vs_test_gap(planted):
+def test_validation_pick_and_the_optimism_of_a_test_pick(planted):
     _, folder, _, _ = planted
     gap = pd.read_csv(folder / "val_vs_test.csv")
     row = gap[gap.panel.str.contains("0.4")].iloc[0]
     assert (row.val_alpha, row.val_smoothing) == (0.0, 0.1)
     assert (row.test_alpha, row.test_smoothing) == (0.4, 0.0)
     assert row.val_test_acc_at_best_val == pytest.approx(0.74)
-    assert row.val_final_test_acc == pytest.approx(0.71)
-    assert row.gap_final == pytest.approx(0.77 - 0.71)
-    assert row.gap_at_best_val == pytest.approx(0.77 - 0.74)
-    assert "+6.00 pp" in (folder / "report.md").read_text()
+    assert row.val_test_acc == pytest.approx(0.71)
+    assert row.optimism == pytest.approx(0.77 - 0.71)
+    report = (folder / "report.md").read_text()
+    assert "+6.00 pp" in report and "optimistic (picked on test)" in report
+    q4 = findings_rows(folder, "Q4")
+    erm = q4.loc["best on validation (α=0, ε=0.1) vs ERM"]
+    assert erm.restates == "Q4" and erm.effect_pp == pytest.approx(9.0)
 
 
 def test_table_files_latex_and_plots(planted):
     _, folder, stdout, _ = planted
-    tables = folder / "tables"
-    for metric in ("final_test_acc", "best_test_acc", "final_test_ece", "final_memorized"):
+    tables, plots = folder / "tables", folder / "plots"
+    for metric in ("final_test_acc", "best_test_acc", "final_test_ece", "final_memorized",
+                   "final_test_ece_ts", "final_test_nll", "final_test_brier"):
         assert (tables / f"digits__cnn__symmetric_0.4__{metric}.md").exists()
-        assert (folder / "plots" / f"digits__cnn__symmetric_0.4__{metric}__heatmap.png").exists()
+        # One heatmap figure per metric for the clean and 40 % panels together.
+        for ext in ("png", "pdf"):
+            assert (plots / f"digits__cnn__symmetric__{metric}__heatmap.{ext}").exists()
     # No memorisation without noise: that table is left out rather than all n/a.
     assert not (tables / "digits__cnn__symmetric_0__final_memorized.md").exists()
     tex = (tables / "digits__cnn__symmetric_0.4__final_test_acc.tex").read_text()
@@ -215,9 +263,26 @@ def test_table_files_latex_and_plots(planted):
     assert r"\textbf{77.00 $\pm$ 2.83 (2)}" in tex and tex.count(r"\textbf") == 1
     ece = (tables / "digits__cnn__symmetric_0.4__final_test_ece.tex").read_text()
     assert r"\textbf{2.30 $\pm$ 0.28 (2)}" in ece  # lowest ECE: (1 - 0.77) / 10
-    assert (folder / "plots" / "digits__cnn__symmetric__acc_vs_noise_rate.png").exists()
-    assert (folder / "plots" / "digits__cnn__symmetric_0.4__curves.png").exists()
+    for stem in ("digits__cnn__symmetric__acc_vs_noise_rate", "digits__cnn__symmetric_0.4__curves"):
+        assert (plots / f"{stem}.png").exists() and (plots / f"{stem}.pdf").exists()
     assert "**77.00 ± 2.83 (2)**" in stdout and "report.md" in stdout
+
+
+def test_calibration_tables_bold_the_lowest_and_say_why(planted):
+    _, folder, _, _ = planted
+    tables = folder / "tables"
+    ts = (tables / "digits__cnn__symmetric_0.4__final_test_ece_ts.md").read_text()
+    # abs(ε - 0.1) / 10 + α / 100 + 0.01 is lowest (1 %) at α = 0, ε = 0.1, and only there.
+    assert "**1.00 ± 0.00 (2)**" in ts and ts.count("**") == 2 + 2  # caption + one cell
+    assert "Bold: the lowest mean" in ts and "temperature" in ts.lower()
+    raw = (tables / "digits__cnn__symmetric_0.4__final_test_ece.md").read_text()
+    assert "mixes the noise with miscalibration" in raw and "final_test_ece_ts" in raw
+    nll = (tables / "digits__cnn__symmetric_0.4__final_test_nll.md").read_text()
+    assert "**0.460 ± 0.057 (2)**" in nll and "proper scoring rule" in nll  # 2 (1 - 0.77)
+    acc = (tables / "digits__cnn__symmetric_0.4__final_test_acc.md").read_text()
+    assert "Bold: the highest mean" in acc
+    s = summary_row(folder, 0.4, 0.0, 0.1)
+    assert s["final_test_ece_ts_mean"] == pytest.approx(0.01) and s["final_test_brier_n"] == 2
 
 
 def test_path_without_runs_raises_and_cli_exits_nonzero(tmp_path):
@@ -242,7 +307,7 @@ def test_duplicates_raise_or_keep_the_newest(tmp_path, capsys):
     with pytest.raises(AnalysisError, match="duplicate") as err:
         load_runs([a, b])
     assert str(a / "run") in str(err.value) and str(b / "run") in str(err.value)
-    assert main([str(a), str(b), "--quiet"]) == 1
+    assert main([str(a), str(b), "--quiet"]) == 2
     assert "duplicate" in capsys.readouterr().err
     out = analyse([a, b], tmp_path / "out", quiet=True, allow_duplicates=True)
     s = pd.read_csv(out / "summary.csv")
@@ -257,7 +322,7 @@ def test_single_run_folder_without_validation(tmp_path, capsys):
     assert main([str(run), "--quiet"]) == 0
     report = (run / "analysis" / "report.md").read_text()
     assert "Skipped: no run has a validation split" in report
-    assert "no gain to test" in report
+    assert "α=0: best ε not picked (cannot select honestly" in report
     assert "report.md" in capsys.readouterr().out
 
 
@@ -265,8 +330,8 @@ def test_single_seeds_give_no_p_value(tmp_path):
     write_run(tmp_path / "a", result(0.4, 0.0, 0.0, 0, 0.6))
     write_run(tmp_path / "b", result(0.4, 0.0, 0.1, 0, 0.7))
     report = (analyse([tmp_path], quiet=True) / "report.md").read_text()
-    assert "No p-value could be computed" in report and "+10.00 pp" in report
-    assert "n/a (needs ≥ 2 seeds on both sides)" in report
+    assert "none (fewer than 2 runs in a cell)" in report and "+10.00 pp" in report
+    assert "undecided (too few seeds)" in report and "Smoke test" in report
 
 
 def test_different_settings_are_never_averaged(tmp_path):
@@ -289,8 +354,8 @@ def test_seeds_of_two_studies_are_not_pooled(tmp_path):
 
 
 def test_welch_needs_two_seeds_per_side():
-    assert math.isnan(welch_p([0.5], [0.6, 0.7]))
-    assert welch_p([0.5, 0.6], [0.6, 0.7]) == pytest.approx(
+    assert math.isnan(welch(np.array([0.5]), np.array([0.6, 0.7]))[3])
+    assert welch(np.array([0.5, 0.6]), np.array([0.6, 0.7]))[3] == pytest.approx(
         stats.ttest_ind([0.5, 0.6], [0.6, 0.7], equal_var=False).pvalue)
 
 
@@ -328,12 +393,226 @@ def test_wandb_push_tables_and_failure_is_a_warning(monkeypatch, tmp_path, capsy
     assert "W&B push failed" in capsys.readouterr().err
 
 
-def test_wandb_offline_run_holds_the_tables(monkeypatch, tmp_path):
+def test_wandb_offline_run_holds_tables_figures_and_report(monkeypatch, tmp_path):
     pytest.importorskip("wandb")
-    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
-                       "WANDB_SILENT": "true"}.items():
+    from matplotlib.figure import Figure
+
+    from analysis.plots import save
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    study, out = tmp_path / "study", tmp_path / "elsewhere" / "analysis"
+    study.mkdir()
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    png, _ = save(fig, out / "plots" / "a_figure")
+    report = out / "report.md"
+    report.write_text("# the report\n")
     frame = pd.DataFrame({"ε": [0.0, 0.1], "α=0": ["62.00 ± 2.83 (2)", "n/a"]})
-    assert push({"summary": frame}, pd.DataFrame({"experiment": ["planted"]}), tmp_path)
-    tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/summary_*.table.json"))
-    assert len(tables) == 1 and "62.00" in tables[0].read_text()
+    assert push({"summary": frame}, pd.DataFrame({"experiment": ["planted"]}), out,
+                figures=[png], report=report, study=study)
+    # Under the study, whatever --out was: syncing the study's folder uploads it.
+    (files,) = study.glob("wandb/offline-run-*/files")
+    (table,) = files.glob("media/table/summary_*.table.json")
+    assert "62.00" in table.read_text()
+    (image,) = files.glob("media/images/figures/a_figure_*.png")
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (files / "report.md").is_symlink()
+    report.write_text("a later analysis\n")  # the run keeps the report it was given
+    assert (files / "report.md").read_text() == "# the report\n"
+
+
+def summarise_runs(runs) -> pd.DataFrame:
+    """The summary over seeds and noise draws, as the pipeline groups it."""
+    from analysis.aggregate import group_keys, summarise
+
+    return summarise(runs.completed, group_keys(runs.completed))
+
+
+def test_runs_differing_only_in_a_config_setting_are_two_cells(tmp_path):
+    for seed, lr in ((0, 0.05), (1, 0.05), (0, 0.1)):
+        res = result(0.4, 0.0, 0.1, seed, 0.6 + lr, config=config(0.4, 0.0, 0.1, **{
+            "trainer.lr": lr}))
+        write_run(tmp_path / f"lr{lr}" / f"s{seed}", res)
+    runs = load_runs([tmp_path])
+    # Lists as JSON text; copies of top-level keys (ε, α, noise rate) and non-settings dropped.
+    assert set(runs.table["config.model.channels"]) == {"[16, 32]"}
+    assert not {"config.augmentation.smoothing", "config.noise.rate", "config.trainer.epochs",
+                "config.augmentation.name", "config.dataset.root", "config"} & set(runs.table)
+    s = summarise_runs(runs).sort_values("config.trainer.lr")
+    assert s["config.trainer.lr"].tolist() == [0.05, 0.1] and s["n"].tolist() == [2, 1]
+    assert s["final_test_acc_mean"].tolist() == pytest.approx([0.65, 0.7])
+    out = analyse([tmp_path], tmp_path / "out", quiet=True)
+    names = {p.name for p in (out / "tables").iterdir()}
+    assert any("config.trainer.lr=0.1" in n for n in names)
+    assert any("config.trainer.lr=0.05" in n for n in names)
+
+
+def test_a_run_on_another_archive_is_another_cell(tmp_path):
+    def on(digest: str, path: str) -> dict:
+        return {"dataset.npz": {"path": path, "size": 100, "hash": digest}}
+
+    cfg = config(0.4, 0.0, 0.1, **{"dataset.npz": "/data/a.npz"})
+    write_run(tmp_path / "a0", result(0.4, 0.0, 0.1, 0, 0.6, config=cfg,
+                                      inputs=on("aaa", "/data/a.npz")))
+    # The same archive moved elsewhere is the same data: its seed pools with the first.
+    write_run(tmp_path / "a1", result(0.4, 0.0, 0.1, 1, 0.7, inputs=on("aaa", "/mnt/a.npz"),
+                                      config={**cfg, "dataset.npz": "/mnt/a.npz"}))
+    write_run(tmp_path / "b0", result(0.4, 0.0, 0.1, 0, 0.9, config=cfg,
+                                      inputs=on("bbb", "/data/a.npz")))
+    runs = load_runs([tmp_path])
+    assert "config.dataset.npz" not in runs.table  # where the file is, not what it holds
+    s = summarise_runs(runs).sort_values("input.dataset.npz")
+    assert s["input.dataset.npz"].tolist() == ["aaa", "bbb"] and s["n"].tolist() == [2, 1]
+    assert s["final_test_acc_mean"].tolist() == pytest.approx([0.65, 0.9])
+
+
+def test_an_input_without_a_hash_is_corrupt(tmp_path, capsys):
+    write_run(tmp_path / "a", result(0.4, 0.0, 0.1, 0, 0.6,
+                                     inputs={"dataset.npz": {"path": "/a.npz", "size": 1}}))
+    write_run(tmp_path / "b", result(0.4, 0.0, 0.1, 1, 0.6))
+    runs = load_runs([tmp_path])
+    assert runs.problems["status"].tolist() == ["corrupt"]
+    assert "without a content hash: dataset.npz" in capsys.readouterr().err
+
+
+def test_noise_draws_and_seeds_are_replicates_of_one_cell(tmp_path):
+    accs = {(0, 0): 0.60, (0, 1): 0.62, (1, 0): 0.64, (1, 1): 0.70}
+    for (seed, noise_seed), acc in accs.items():
+        write_run(tmp_path / f"s{seed}n{noise_seed}",
+                  result(0.4, 0.0, 0.1, seed, acc, noise_seed=noise_seed))
+    write_run(tmp_path / "other", result(0.4, 0.0, 0.2, 0, 0.5))
+    out = analyse([tmp_path], tmp_path / "out", quiet=True)
+    s = pd.read_csv(out / "summary.csv")
+    row = s[s.smoothing == 0.1].iloc[0]
+    assert row["n"] == 4 and row["final_test_acc_mean"] == pytest.approx(0.64)
+    assert "noise_seed" not in s.columns  # a replicate, never a setting
+    # Panel labels (and the file names made of them) name only keys that vary across panels.
+    assert {p.name for p in (out / "tables").glob("*final_test_acc.md")} == \
+        {"digits__cnn__symmetric_0.4__final_test_acc.md"}
+
+
+def test_results_without_config_load_with_one_warning(tmp_path, capsys):
+    for seed in range(3):
+        old = result(0.4, 0.0, 0.1, seed, 0.6 + seed / 100)
+        for key in ("config", "inputs", "smoothing_to", "smoothing_uniform_mass"):
+            del old[key]
+        write_run(tmp_path / f"s{seed}", old)
+    runs = load_runs([tmp_path])
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "3 of 3 runs" in err and "incomplete" in err
+    # The convention of the smoothing code of the time: over all classes, mass ε.
+    assert set(runs.table["smoothing_to"]) == {"all"}
+    assert runs.table["smoothing_uniform_mass"].tolist() == [0.1] * 3
+    assert summarise_runs(runs)["n"].tolist() == [3]
+    capsys.readouterr()
+    write_run(tmp_path / "new", result(0.4, 0.0, 0.1, 0, 0.9))
+    load_runs([tmp_path])
+    assert "3 of 4 runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("acc", ["null", "NaN", "Infinity"])
+def test_completed_without_a_finite_accuracy_is_a_problem(tmp_path, acc):
+    write_run(tmp_path / "good", result(0.4, 0.0, 0.1, 0, 0.6))
+    bad = json.dumps(result(0.4, 0.0, 0.1, 1, 0.99)).replace('"final_test_acc": 0.99',
+                                                              f'"final_test_acc": {acc}')
+    write_run(tmp_path / "bad", bad)
+    out = analyse([tmp_path], tmp_path / "out", quiet=True)
+    probs = pd.read_csv(out / "problems.csv")
+    assert probs[["run_dir", "status"]].values.tolist() == [[str(tmp_path / "bad"), "invalid"]]
+    assert "final_test_acc" in probs["error"].iloc[0]
+    s = pd.read_csv(out / "summary.csv")
+    assert s["n"].tolist() == [1] and s["final_test_acc_mean"].tolist() == [0.6]
+    assert s["best_test_acc_mean"].tolist() == [pytest.approx(0.61)]  # 0.99 + 0.01 left out
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+def test_an_unusable_out_is_refused_before_anything_is_written(tmp_path, capsys):
+    study = tmp_path / "study"
+    write_run(study / "run", result(0.4, 0.0, 0.1, 0, 0.6))
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("a file")
+    (tmp_path / "has_plots_file").mkdir()
+    (tmp_path / "has_plots_file" / "plots").write_text("a file")
+    before = _files(tmp_path)
+    for out in (blocker, blocker / "sub", tmp_path / "has_plots_file"):
+        with pytest.raises(AnalysisError, match="cannot write the analysis there") as err:
+            analyse([study], out, quiet=True)
+        assert "\n" not in str(err.value) and "not a folder" in str(err.value)
+        assert main([str(study), "--out", str(out), "--quiet"]) == 2
+        msg = capsys.readouterr().err
+        assert msg.startswith("analysis error: --out") and msg.count("\n") == 1
+    assert _files(tmp_path) == before  # no analysis folder, no half-written files
+
+
+def test_a_read_only_out_is_refused(tmp_path):
+    study = tmp_path / "study"
+    write_run(study / "run", result(0.4, 0.0, 0.1, 0, 0.6))
+    if os.geteuid() == 0:  # root writes through permissions: a file system that refuses all
+        target = Path("/proc/analysis")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        target = locked / "analysis"
+    proc = run_module([str(study), "--out", str(target)], cwd=tmp_path, timeout=120,
+                      module="analysis")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write the analysis there" in proc.stderr and str(target) in proc.stderr
+    assert not (study / "analysis").exists() and not target.exists()
+
+
+NEG = {-8.0: [0.50, 0.52], -1.0: [0.80, 0.84], 0.0: [0.70, 0.72], 0.4: [0.75, 0.77]}
+
+
+def write_neg_study(root: Path, smoothing_to: str = "all", k: int = 10) -> None:
+    """ε from -8 to 0.4 (generalised label smoothing) at α = 0 and 1."""
+    for eps, accs in NEG.items():
+        for alpha in (0.0, 1.0):
+            for seed, acc in enumerate(accs):
+                mass = eps if smoothing_to == "all" else eps * k / (k - 1)
+                res = result(0.4, alpha, eps, seed, acc - alpha / 10, smoothing_to=smoothing_to,
+                             smoothing_uniform_mass=mass)
+                res["config"]["augmentation.smoothing_to"] = smoothing_to
+                write_run(root / f"{smoothing_to}_a{alpha}_e{eps}_s{seed}", res)
+
+
+def test_negative_eps_in_numeric_order_and_bold_on_the_best(tmp_path):
+    write_neg_study(tmp_path / "study")
+    out = analyse([tmp_path / "study"], tmp_path / "out", quiet=True)
+    md = (out / "tables" / "digits__cnn__symmetric_0.4__final_test_acc.md").read_text()
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("|")][2:]
+    assert rows == ["-8", "-1", "0", "0.4"]
+    assert "**82.00 ± 2.83 (2)**" in md and md.count("**") == 4  # ε = -1, α = 0 only
+    assert "rows: label smoothing ε as configured (smoothing_to=all)" in md
+    tex = (out / "tables" / "digits__cnn__symmetric_0.4__final_test_acc.tex").read_text()
+    assert tex.index(r"$\varepsilon=-8$") < tex.index(r"$\varepsilon=-1$") < \
+        tex.index(r"$\varepsilon=0$") < tex.index(r"$\varepsilon=0.4$")
+    assert r"\textbf{82.00 $\pm$ 2.83 (2)}" in tex
+
+
+def test_eps_axis_uniform_mass_and_conventions_never_mixed(tmp_path, capsys):
+    write_neg_study(tmp_path / "study", "all")
+    write_neg_study(tmp_path / "study", "others")
+    assert main([str(tmp_path / "study"), "--out", str(tmp_path / "out"), "--quiet",
+                 "--eps-axis", "uniform_mass"]) == 0
+    tables = tmp_path / "out" / "tables"
+    both = sorted(tables.glob("*final_test_acc.md"))
+    assert [p.name for p in both] == [
+        "digits__cnn__symmetric_0.4__smoothing_to=all__final_test_acc.md",
+        "digits__cnn__symmetric_0.4__smoothing_to=others__final_test_acc.md"]
+    others = both[1].read_text()
+    assert "rows: uniform mass m of the smoothed target" in others
+    rows = [line.split("|")[1].strip() for line in others.splitlines()
+            if line.startswith("|")][2:]
+    assert rows == ["-8.88889", "-1.11111", "0", "0.444444"]  # ε K / (K - 1), K = 10
+    s = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert s.groupby("smoothing_to")["n"].sum().to_dict() == {"all": 16, "others": 16}
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "study"), "--eps-axis", "mass"])
+    assert err.value.code == 2 and "--eps-axis" in capsys.readouterr().err
+    with pytest.raises(AnalysisError, match="eps axis 'mass'"):
+        analyse([tmp_path / "study"], tmp_path / "out2", eps_axis="mass")
