@@ -1,18 +1,21 @@
-"""Means over seeds per setting, and the panels (dataset × model × noise setting) they form."""
+"""Means over replicates per setting, the panels (dataset × model × noise setting) they form,
+and how the replicates of a panel vary (training seeds against noise draws)."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.schema import BASE_KEYS, GRID_KEYS, METRICS, config_columns
+from analysis.schema import BASE_KEYS, GRID_KEYS, METRICS, REPLICATE_KEYS, config_columns
+from analysis.stats import draw_by_setting, variance_components
 
 PANEL_HEAD = ("dataset", "model", "noise", "noise_rate", "noise_label_set")
+NO_NOISE_SEED = -1  # old runs without `noise_seed`: one (unknown) noise draw
 
 
 def group_keys(done: pd.DataFrame) -> list[str]:
@@ -21,23 +24,31 @@ def group_keys(done: pd.DataFrame) -> list[str]:
     # seeds of two studies are never pooled: `experiment` is a key when several are read.
     base = [k for k in BASE_KEYS if k in done]
     extra = config_columns(done.columns) + ["experiment"]
-    varying = [c for c in extra if c in done and c not in base and c != "seed"
+    varying = [c for c in extra if c in done and c not in base and c not in REPLICATE_KEYS
                and done[c].nunique(dropna=False) > 1]
     return base + varying
 
 
+def _listed(values: pd.Series) -> str:
+    """The distinct values of a column, sorted, as '0,1,2'."""
+    return ",".join(fmt_value(v) for v in sorted(set(values.dropna())))
+
+
 def summarise(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per setting: n seeds, and mean, std (ddof=1) and count of every metric."""
+    """One row per setting: n replicate runs (every seed and noise draw), the seeds and noise
+    seeds seen, and mean, std (ddof=1) and count of every metric."""
     named: dict[str, tuple[str, Any]] = {
         "n": ("seed", "size"),
-        "seeds": ("seed", lambda s: ",".join(str(v) for v in sorted(s))),
-        "experiments": ("experiment", lambda s: ",".join(sorted({str(v) for v in s}))),
+        "seeds": ("seed", _listed),
+        "noise_seeds": ("noise_seed", _listed),
+        "experiments": ("experiment", _listed),
     }
     for m in METRICS:
         if m in done:
             named |= {f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std"), f"{m}_n": (m, "count")}
-    if "experiment" not in done:
-        named.pop("experiments")
+    for column, name in (("experiment", "experiments"), ("noise_seed", "noise_seeds")):
+        if column not in done:
+            named.pop(name)
     grouped = done.groupby(keys, dropna=False, sort=True)
     return grouped.agg(**named).reset_index()
 
@@ -51,6 +62,15 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+def replicate_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric as replicates (seed, noise_seed) × cells (α, ε); NaN where a run is missing.
+    Runs without a `noise_seed` count as one noise draw."""
+    reps = runs.assign(noise_seed=runs.get("noise_seed", NO_NOISE_SEED))
+    reps["noise_seed"] = reps["noise_seed"].fillna(NO_NOISE_SEED)
+    means = reps.groupby([*REPLICATE_KEYS, "mixup_alpha", "smoothing"])[metric].mean()
+    return means.unstack(["mixup_alpha", "smoothing"])
+
+
 @dataclass
 class Panel:
     """One dataset × model × noise setting (and any other varying key): an ε × α grid."""
@@ -60,18 +80,31 @@ class Panel:
     slug: str
     runs: pd.DataFrame      # its completed runs
     cells: pd.DataFrame     # its rows of the summary, one per (α, ε)
+    _tables: dict[str, pd.DataFrame] = field(default_factory=dict, init=False, repr=False)
+    _columns: dict[str, dict] = field(default_factory=dict, init=False, repr=False)
+    _keys: set[tuple[float, float]] = field(default_factory=set, init=False, repr=False)
 
-    def values_of(self, metric: str, alpha: float, eps: float) -> np.ndarray:
-        """The per-seed values of one metric in one cell (empty when the cell has no runs)."""
-        r = self.runs
-        sel = r[(r["mixup_alpha"] == alpha) & (r["smoothing"] == eps)][metric]
-        return sel.dropna().to_numpy(dtype=float)
+    def replicate_table(self, metric: str) -> pd.DataFrame:
+        """`metric` as replicates (seed, noise_seed) × cells (α, ε); empty if not recorded."""
+        if metric not in self._tables:
+            self._tables[metric] = replicate_table(self.runs, metric) \
+                if metric in self.runs else pd.DataFrame()
+            self._columns[metric] = {k: self._tables[metric][k].to_numpy(float)
+                                     for k in self._tables[metric].columns}
+        return self._tables[metric]
 
-    def cell(self, alpha: float, eps: float) -> pd.Series | None:
-        """The summary row of one cell, or None."""
-        c = self.cells
-        rows = c[(c["mixup_alpha"] == alpha) & (c["smoothing"] == eps)]
-        return None if rows.empty else rows.iloc[0]
+    def replicates(self, metric: str, alpha: float, eps: float) -> np.ndarray:
+        """One cell's values of `metric`, one per replicate of the panel in the order of
+        replicate_table's rows (so two cells' arrays pair up), NaN where missing."""
+        table = self.replicate_table(metric)
+        found = self._columns[metric].get((alpha, eps))
+        return found if found is not None else np.full(len(table), np.nan)
+
+    def has_cell(self, alpha: float, eps: float) -> bool:
+        """Whether the panel ran (α, ε)."""
+        if not self._keys:
+            self._keys.update(zip(self.cells["mixup_alpha"], self.cells["smoothing"]))
+        return (alpha, eps) in self._keys
 
 
 def _label(values: dict[str, Any], shown: list[str]) -> str:
@@ -114,3 +147,69 @@ def make_panels(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]) -> l
         cells = cells.sort_values(["smoothing", "mixup_alpha"]).reset_index(drop=True)
         panels.append(Panel(values, label, slug(label), runs[pid], cells))
     return panels
+
+
+def _cube(table: pd.DataFrame) -> np.ndarray:
+    """The replicate table as seeds × noise draws × cells, NaN where a run is missing."""
+    seeds, draws = table.index.remove_unused_levels().levels
+    full = table.reindex(pd.MultiIndex.from_product([seeds, draws], names=table.index.names))
+    return full.to_numpy(float).reshape(len(seeds), len(draws), -1)
+
+
+def _crossed_components(cube: np.ndarray) -> list[tuple[float, float, float]]:
+    """Variance components of every cell whose seeds × noise draws table is complete (after
+    dropping seeds with a missing draw) and at least 2 × 2."""
+    comps = []
+    for c in range(cube.shape[2]):
+        grid = cube[:, :, c]
+        grid = grid[:, ~np.isnan(grid).all(axis=0)]
+        grid = grid[~np.isnan(grid).any(axis=1)]
+        if grid.shape[0] >= 2 and grid.shape[1] >= 2:
+            comps.append(variance_components(grid))
+    return comps
+
+
+def _draw_by_setting(cube: np.ndarray) -> float:
+    """The noise draw × setting variance over the cells that have every replicate; NaN
+    with fewer than 2 such cells."""
+    complete = cube[:, :, ~np.isnan(cube).any(axis=(0, 1))]
+    return draw_by_setting(complete) if complete.shape[2] >= 2 else math.nan
+
+
+def _pooled_variance(table: pd.DataFrame) -> float:
+    """The within-cell variance of the replicates, pooled over cells (ddof = 1 per cell)."""
+    cols = [table[c].dropna() for c in table.columns]
+    ss = sum(float(((c - c.mean()) ** 2).sum()) for c in cols if len(c) > 1)
+    df = sum(len(c) - 1 for c in cols if len(c) > 1)
+    return ss / df if df else math.nan
+
+
+def variance_split(panel: Panel, metric: str = "final_test_acc") -> dict[str, Any]:
+    """How much the replicates of a panel vary between training seeds and between noise
+    draws (standard deviations of `metric`, fractions), and what could not be measured."""
+    table = panel.replicate_table(metric)
+    seeds = table.index.get_level_values("seed").nunique() if len(table) else 0
+    draws = table.index.get_level_values("noise_seed").nunique() if len(table) else 0
+    counts = table.notna().sum() if len(table) else pd.Series([0])
+    row = {"panel": panel.label, "seeds": seeds, "noise_draws": draws,
+           "min_runs_per_cell": int(counts.min()), "max_runs_per_cell": int(counts.max()),
+           "sd_seed": math.nan, "sd_noise_draw": math.nan, "sd_residual": math.nan,
+           "sd_draw_x_setting": math.nan}
+    if seeds > 1 and draws > 1:
+        cube = _cube(table)
+        comps = _crossed_components(cube)
+        if not comps:
+            return row | {"note": "not separable: no cell crosses 2 seeds with 2 noise draws"}
+        seed, draw, resid = (max(float(np.mean(c)), 0.0) for c in zip(*comps))
+        return row | {"sd_seed": math.sqrt(seed), "sd_noise_draw": math.sqrt(draw),
+                      "sd_residual": math.sqrt(resid),
+                      "sd_draw_x_setting": math.sqrt(max(_draw_by_setting(cube), 0.0)),
+                      "note": f"two-way random effects over {len(comps)} crossed cells"}
+    pooled = math.sqrt(_pooled_variance(table)) if len(table) else math.nan
+    if seeds > 1:
+        return row | {"sd_seed": pooled, "note": "noise draws not measured (one draw): the "
+                      "seeds' s.d. holds all run-to-run variation"}
+    if draws > 1:
+        return row | {"sd_noise_draw": pooled, "note": "training seeds not measured (one "
+                      "seed): the draws' s.d. holds all run-to-run variation"}
+    return row | {"note": "not measured (one run per cell)"}

@@ -1,4 +1,5 @@
-"""report.md: the five questions answered from the data at hand, with numbers."""
+"""report.md: the study's questions answered from the data at hand. Every statement of a test
+is rendered from the rows of findings.csv (analysis.findings), so the two always agree."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import findings
 from analysis.aggregate import Panel, fmt_value
-from analysis.stats import fmt_p
+from analysis.questions import Answers
 
 
 def pct(v: float) -> str:
@@ -32,20 +34,47 @@ class Findings:
     n_completed: int
     panels: list[Panel]
     tables: dict[str, str]          # panel label -> final test acc ε × α table (Markdown)
-    best_eps: pd.DataFrame
-    moves: pd.DataFrame
-    hurts: pd.DataFrame
-    n_compared: int
-    val_gap: pd.DataFrame
-    val_skipped: list[str]
+    answers: Answers
     problems: pd.DataFrame
     corrupt: int
     figures: list[Path] = field(default_factory=list)
 
 
 def _md(df: pd.DataFrame) -> str:
-    """A small frame as a Markdown table."""
-    return df.to_markdown(index=False)
+    """A small frame as a Markdown table, every value as written (no re-formatting)."""
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _claims(f: Findings, question: str, panel: str | None = None) -> pd.DataFrame:
+    """The findings rows of one question (and panel)."""
+    rows = f.answers.findings
+    keep = rows["question"] == question
+    return rows[keep & (rows["panel"] == panel)] if panel is not None else rows[keep]
+
+
+def _method(f: Findings) -> list[str]:
+    """How the claims are made, in words."""
+    o = f.answers.options
+    return ["## How the claims are made", "",
+            "- **Selection on validation only.** Every \"best\" setting is the one with the "
+            "highest mean `best_val_acc` on the noisy validation split; its test accuracy is "
+            "then an honest estimate. Cells picked on test accuracy are shown only as "
+            "*optimistic (picked on test)*.",
+            "- **Paired comparisons.** Runs of two cells pair when they share `seed` and "
+            "`noise_seed`; the effect is the mean paired difference of "
+            f"`{o.metric}` in percentage points (pp), with a t-based 95% CI and a paired "
+            "t-test. Welch's t-test is used only where fewer than 2 pairs exist (the test "
+            "column says so). Pairs are treated as independent replicates, so a claim holds "
+            "for the study's noise draws (the corrupted label sets it ran): whether it holds "
+            "for other draws of the same noise model depends on the draw × setting variation "
+            "(section 6).",
+            f"- **Multiple comparisons.** p-values are adjusted with {o.correction_name} "
+            f"({'Holm 1979' if o.correction == 'holm' else 'Benjamini & Hochberg 1995'}) "
+            f"within each {'question and panel' if o.family == 'question' else 'panel'}.",
+            f"- **Verdicts.** *better* / *worse*: adjusted p < {o.level:g}. *no detectable "
+            f"difference*: the whole 95% CI inside ±{100 * o.delta:g} pp (the smallest "
+            "difference taken to matter). *undecided* otherwise, and always with fewer than "
+            f"{o.min_pairs} replicate pairs (*undecided (too few seeds)*).", ""]
 
 
 def _header(f: Findings) -> list[str]:
@@ -54,7 +83,22 @@ def _header(f: Findings) -> list[str]:
             f"Runs read from: {', '.join(f'`{p}`' for p in f.paths)}.",
             f"{f.n_runs} runs with results, {f.n_completed} completed; {len(f.problems)} "
             "problem runs (section 5). Only completed runs enter tables and means. Accuracies "
-            "are final test accuracy, mean ± std over seeds (n = seeds).", ""]
+            "are final test accuracy, mean ± std over replicate runs (n = runs: every training "
+            "seed and noise draw).", ""]
+
+
+def _smoke(f: Findings) -> list[str]:
+    """A plain warning for every panel too small to answer anything."""
+    need, out = f.answers.options.min_pairs, []
+    for v in f.answers.variance.itertuples():
+        if v.max_runs_per_cell < need:
+            out += [f"**Smoke test: {v.panel}** has at most {v.max_runs_per_cell} runs per "
+                    f"cell (fewer than {need}): every verdict is undecided. Run at least "
+                    f"{need} seeds (and 2 noise draws) to answer the questions.", ""]
+        elif v.min_runs_per_cell < need:
+            out += [f"**{v.panel}**: some cells have only {v.min_runs_per_cell} runs; "
+                    "comparisons involving them are undecided (too few seeds).", ""]
+    return out
 
 
 def _tables(f: Findings) -> list[str]:
@@ -62,47 +106,80 @@ def _tables(f: Findings) -> list[str]:
     out = ["## ε × α: final test accuracy (%)", ""]
     for label, table in f.tables.items():
         out += [f"### {label}", "", table, ""]
-    return out + ["Best test accuracy, test ECE and memorisation tables are in `tables/` "
+    return out + ["The bold cell is the highest mean *test* accuracy: optimistic (picked on "
+                  "test). Best test accuracy, test ECE and memorisation tables are in `tables/` "
                   "(`.md`, `.tex`), heatmaps and curves in `plots/`.", ""]
 
 
+def _split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the tests of the corrected family, the claims that restate one or test nothing)."""
+    family = (rows["restates"] == "") & (rows["verdict"] != findings.NOT_TESTED)
+    return rows[family], rows[~family]
+
+
+def _claims_block(f: Findings, rows: pd.DataFrame, intro: str, sentence: bool = True,
+                  with_panel: bool = False) -> list[str]:
+    """A claims table (from findings rows) with its intro and verdict counts."""
+    if rows.empty:
+        return []
+    out = [intro, "", findings.markdown(rows, f.answers.options, with_panel), ""]
+    return out + ([findings.summary_sentence(rows, f.answers.options), ""] if sentence else [])
+
+
+def _picks_table(b: pd.DataFrame) -> str:
+    """Q1's selection table: what validation picks at each α, and its test accuracy."""
+    return _md(pd.DataFrame({
+        "α": b["mixup_alpha"].map(fmt_value),
+        "ε picked on validation": b["picked_smoothing"].map(fmt_value),
+        "its val acc": b["picked_val_acc"].map(pct), "its test acc": b["picked_test_acc"].map(pct),
+        "its test acc at best val epoch": b["picked_test_acc_at_best_val"].map(pct),
+        "ε = 0 test acc": b["eps0_test_acc"].map(pct),
+        "optimistic (picked on test): ε, test acc": [
+            f"{fmt_value(e)}, {pct(a)}" for e, a in zip(b["optimistic_smoothing"],
+                                                       b["optimistic_test_acc"])]}))
+
+
 def _q1(f: Findings) -> list[str]:
-    """Best ε per α, gain over ε = 0 and Welch's test."""
+    """Best ε per α (on validation) against ε = 0, and the whole corrected family."""
     out = ["## 1. Best ε per Mixup α", ""]
-    if f.best_eps.empty:
+    if f.answers.best_eps.empty:
         return out + ["No completed runs with a final test accuracy.", ""]
-    t = pd.DataFrame({
-        "setting": f.best_eps["panel"], "α": f.best_eps["mixup_alpha"].map(fmt_value),
-        "best ε": f.best_eps["best_smoothing"].map(fmt_value),
-        "test acc": f.best_eps["best_mean"].map(pct), "n": f.best_eps["best_n"],
-        "ε = 0": f.best_eps["base_mean"].map(pct), "n (ε = 0)": f.best_eps["base_n"],
-        "gain": f.best_eps["gain"].map(pp), "Welch p": f.best_eps["p_value"].map(fmt_p),
-        "beyond seed noise?": f.best_eps["exceeds_noise"]})
-    return out + [_md(t), "", _q1_summary(f.best_eps), ""]
+    for p in f.panels:
+        b = f.answers.best_eps[f.answers.best_eps["panel"] == p.label]
+        family, picks = _split(_claims(f, "Q1", p.label))
+        out += [f"### {p.label}", "", _picks_table(b), ""]
+        out += _claims_block(f, picks, "The ε picked on validation against "
+                             "ε = 0 (each restates its test in the family below):", False)
+        out += _claims_block(f, family, "Every ε ≠ 0 against ε = 0 at the same α (the "
+                             "corrected family):")
+    return out
 
 
-def _q1_summary(b: pd.DataFrame) -> str:
-    """One sentence: in how many (setting, α) pairs a positive ε beat ε = 0 beyond noise."""
-    tested = b[(b["best_smoothing"] != 0) & b["base_mean"].notna()]
-    if tested.empty:
-        return "The best ε is 0 (or there is no ε = 0 cell) at every α: no gain to test."
-    if tested["p_value"].isna().all():
-        return ("No p-value could be computed: Welch's test needs at least 2 seeds in both the "
-                "best cell and the ε = 0 cell.")
-    sig = tested["exceeds_noise"].str.startswith("yes").sum()
-    return (f"A positive ε was best in {len(tested)} of {len(b)} (setting, α) pairs; its gain "
-            f"over ε = 0 exceeded seed-to-seed noise (Welch p < 0.05) in {sig}.")
+def _sign_sentence(rows: pd.DataFrame) -> str:
+    """How often the best ε (on validation) is positive, zero or negative."""
+    eps = rows["smoothing"].dropna()
+    n = {s: int(k) for s, k in (("positive", (eps > 0).sum()), ("zero", (eps == 0).sum()),
+                                 ("negative", (eps < 0).sum()))}
+    better = int((rows["verdict"] == "better").sum())
+    return (f"The best ε picked on validation is positive in {n['positive']}, zero in "
+            f"{n['zero']} and negative in {n['negative']} of {len(rows)} settings "
+            f"({len(rows) - len(eps)} without validation); its gain over ε = 0 is significant "
+            f"(better, Q1's correction) in {better}.")
 
 
 def _q2(f: Findings) -> list[str]:
-    """How the best ε moves across settings."""
+    """How the best ε moves across settings, and its sign."""
     out = ["## 2. How the best ε moves across noise levels, datasets and models", ""]
     keys = {"noise rate": "noise_rate", "noise model": "noise", "dataset": "dataset",
             "model": "model", "label set": "noise_label_set"}
     varying = [n for n, k in keys.items()
                if len({fmt_value(p.values.get(k)) for p in f.panels}) > 1]
     fixed = [n for n, k in keys.items() if n not in varying and k != "noise_label_set"]
-    out += [_md(f.moves), "", "Cells: the best ε at each α (by mean final test accuracy)."]
+    rows = _claims(f, "Q2")
+    out += [_md(f.answers.moves), "", "Cells: the best ε at each α, picked on validation.", "",
+            "Its sign (ε < 0 is generalised label smoothing):", "",
+            findings.markdown(rows, f.answers.options, with_panel=True), "",
+            _sign_sentence(rows)]
     if varying:
         out.append(f"The settings differ in: {', '.join(varying)}.")
     if fixed:
@@ -111,52 +188,61 @@ def _q2(f: Findings) -> list[str]:
     return out + [""]
 
 
+def _worse_sentence(rows: pd.DataFrame) -> str:
+    """How many combined cells are worse than each single method (after correction)."""
+    cells = rows.drop_duplicates(["alpha", "smoothing"])
+    worse = rows[rows["verdict"] == "worse"]
+    return (f"{len(cells)} combined cells: worse than Mixup alone in "
+            f"{int(worse['comparison'].str.contains('Mixup alone').sum())}, worse than "
+            f"smoothing alone in {int(worse['comparison'].str.contains('smoothing alone').sum())}.")
+
+
 def _q3(f: Findings) -> list[str]:
-    """Where Mixup + smoothing is worse than the better of the two alone."""
+    """Each combined cell against Mixup alone and against smoothing alone (matched)."""
     out = ["## 3. Where Mixup + smoothing does worse than either alone", ""]
-    if f.n_compared == 0:
-        return out + ["Cannot answer: no setting has a combined cell (α > 0, ε > 0) together "
-                      "with Mixup alone (ε = 0) or smoothing alone (α = 0).", ""]
-    out.append(f"{f.n_compared} combined cells compared with the better of Mixup alone (same α, "
-               "ε = 0) and smoothing alone (α = 0, same ε).")
-    if f.hurts.empty:
-        return out + ["", "Combination worse than the better single method: none.", ""]
-    h = f.hurts
-    t = pd.DataFrame({
-        "setting": h["panel"], "α": h["mixup_alpha"].map(fmt_value),
-        "ε": h["smoothing"].map(fmt_value), "combined": h["combined_mean"].map(pct),
-        "n": h["combined_n"], "Mixup alone": h["mixup_alone_mean"].map(pct),
-        "smoothing alone": h["smoothing_alone_mean"].map(pct), "better alone": h["better_alone"],
-        "difference": h["diff"].map(pp), "Welch p": h["p_value"].map(fmt_p)})
-    sig = int((h["p_value"] < 0.05).sum())
-    return out + [f"{len(h)} of them do worse ({sig} with Welch p < 0.05):", "", _md(t), ""]
+    if _claims(f, "Q3").empty:
+        return out + ["Cannot answer: no setting has a combined cell (α > 0, ε ≠ 0) together "
+                      "with Mixup alone (same α, ε = 0) or smoothing alone (α = 0, same ε).", ""]
+    out += ["Each combined cell (α > 0, ε ≠ 0) against Mixup alone at its α and against "
+            "smoothing alone at its ε: both matched comparisons are in the corrected family.", ""]
+    for p in f.panels:
+        rows = _claims(f, "Q3", p.label)
+        if not rows.empty:
+            out += [f"### {p.label}", "", _worse_sentence(rows), ""]
+            out += _claims_block(f, rows, "Combined minus single method:")
+    return out
 
 
 def _q4(f: Findings) -> list[str]:
-    """Choosing (α, ε) by noisy validation against choosing by test accuracy."""
+    """The setting picked on validation: its honest test accuracy, the optimism of picking
+    on test, and its test against ERM."""
     out = ["## 4. Choosing α, ε by noisy validation vs by test accuracy", ""]
-    if f.val_gap.empty:
+    g = f.answers.val_gap
+    if g.empty:
         return out + ["Skipped: no run has a validation split (best_val_acc is null), so "
-                      "there is no validation choice to compare.", ""]
-    g = f.val_gap
+                      "nothing can be picked honestly.", ""]
     t = pd.DataFrame({
         "setting": g["panel"],
-        "val pick (α, ε)": [f"{fmt_value(a)}, {fmt_value(e)}"
-                            for a, e in zip(g["val_alpha"], g["val_smoothing"])],
+        "picked on validation (α, ε)": [findings.cell_text(a, e) for a, e in
+                                        zip(g["val_alpha"], g["val_smoothing"])],
         "its val acc": g["val_best_val_acc"].map(pct),
-        "its test acc at best val": g["val_test_acc_at_best_val"].map(pct),
-        "its final test acc": g["val_final_test_acc"].map(pct),
-        "test pick (α, ε)": [f"{fmt_value(a)}, {fmt_value(e)}"
-                             for a, e in zip(g["test_alpha"], g["test_smoothing"])],
-        "test pick final test acc": g["test_final_test_acc"].map(pct),
-        "gap (final)": g["gap_final"].map(pp), "gap (at best val)": g["gap_at_best_val"].map(pp)})
-    out += [_md(t), "", "Val pick: the cell with the highest mean best_val_acc (noisy labels); "
-            "test pick: the highest mean final test accuracy. Gap: the test pick's final test "
-            "accuracy minus the val pick's (final, or at its best-validation epoch, i.e. with "
-            "early stopping): what a practitioner pays for not seeing test labels."]
-    if f.val_skipped:
-        out.append(f"No validation split in: {'; '.join(f.val_skipped)}.")
-    return out + [""]
+        "its test acc (honest)": g["val_test_acc"].map(pct),
+        "at best val epoch": g["val_test_acc_at_best_val"].map(pct),
+        "optimistic (picked on test)": [f"{findings.cell_text(a, e)}: {pct(v)}" for a, e, v in
+                                        zip(g["test_alpha"], g["test_smoothing"],
+                                            g["optimistic_test_acc"])],
+        "optimism": g["optimism"].map(pp)})
+    out += [_md(t), "", "Optimism: how much higher the best test accuracy looks when the "
+            "setting is picked on the test set itself; the honest figure is the validation "
+            "pick's test accuracy.", ""]
+    out += _claims_block(f, _split(_claims(f, "Q4"))[1], "The validation pick against ERM "
+                         "(each restates its test in the family below):", False, with_panel=True)
+    for p in f.panels:
+        family = _split(_claims(f, "Q4", p.label))[0]
+        if not family.empty:
+            out += [f"### {p.label}", ""] + _claims_block(
+                f, family, "Every setting against ERM (α = 0, ε = 0), the corrected family:")
+    return out
 
 
 def _q5(f: Findings) -> list[str]:
@@ -171,14 +257,75 @@ def _q5(f: Findings) -> list[str]:
     return out + [""]
 
 
+def _q6(f: Findings) -> list[str]:
+    """Replicate variance: training seeds against noise draws."""
+    v = f.answers.variance
+    t = pd.DataFrame({"setting": v["panel"], "seeds": v["seeds"],
+                      "noise draws": v["noise_draws"],
+                      "runs per cell": [f"{a}-{b}" if a != b else str(a) for a, b in
+                                        zip(v["min_runs_per_cell"], v["max_runs_per_cell"])],
+                      "s.d. seeds": v["sd_seed"].map(_sd), "s.d. noise draws":
+                      v["sd_noise_draw"].map(_sd), "s.d. residual": v["sd_residual"].map(_sd),
+                      "s.d. draw × setting": v["sd_draw_x_setting"].map(_sd),
+                      "how": v["note"]})
+    return ["## 6. Replicates: training seeds vs noise draws", "", _md(t), "",
+            "Standard deviations of final test accuracy within a cell, in pp. With seeds and "
+            "noise draws crossed, a random-effects decomposition (Searle, Casella & McCulloch "
+            "1992) splits them; \"not measured\" where one does not vary. The noise-draw s.d. "
+            "rests on (draws - 1) degrees of freedom: with 2 draws it is rough. Draw × setting: "
+            "how much the difference between settings changes from one noise draw to another; "
+            "well above zero, the paired tests speak for the study's noise draws only.", ""]
+
+
+def _sd(v: float) -> str:
+    """A standard deviation (fraction) in pp, or 'not measured'."""
+    return "not measured" if v is None or math.isnan(v) else f"{100 * v:.2f} pp"
+
+
+CALIBRATION_NOTE = (
+    "Which number is read: the **temperature-scaled ECE** (`final_test_ece_ts`, temperature "
+    "fitted on the noisy validation split) where it exists, with the raw ECE split into its "
+    "over- and under-confident parts otherwise. Why: a model fitted to noisy labels "
+    "(say 40%) spreads probability over the wrong labels and is necessarily under-confident on "
+    "the clean test labels, so raw ECE mixes noise robustness with miscalibration; "
+    "temperature scaling removes the part one scalar can fix, and the signed split shows its "
+    "direction. NLL and Brier score are proper scores of the whole prediction.")
+
+
+def _q7(f: Findings) -> list[str]:
+    """Calibration of each method's cell picked on validation."""
+    c = f.answers.calibration
+    out = ["## 7. Calibration (each method's setting picked on validation)", "",
+           CALIBRATION_NOTE, ""]
+    if c.empty:
+        return out + ["No setting could be picked on validation.", ""]
+    t = pd.DataFrame({"setting": c["panel"], "method": c["method"],
+                      "(α, ε)": [findings.cell_text(a, e) for a, e in
+                                 zip(c["mixup_alpha"], c["smoothing"])], "n": c["n"],
+                      "ECE after temp. scaling": c["final_test_ece_ts"].map(pct),
+                      "ECE": c["final_test_ece"].map(pct),
+                      "over-confident part": c["final_test_ece_over"].map(pct),
+                      "under-confident part": c["final_test_ece_under"].map(pct),
+                      "NLL": c["final_test_nll"].map(_num),
+                      "Brier": c["final_test_brier"].map(_num)})
+    return out + [_md(t), ""]
+
+
+def _num(v: float) -> str:
+    """A score with 4 decimals, or n/a (not recorded by older runs)."""
+    return "n/a" if v is None or math.isnan(v) else f"{v:.4f}"
+
+
 def write_report(f: Findings, path: Path) -> Path:
     """Write report.md."""
     parts = _header(f)
     if f.panels:
-        parts += _tables(f) + _q1(f) + _q2(f) + _q3(f) + _q4(f)
+        parts += _smoke(f) + _method(f) + _tables(f) + _q1(f) + _q2(f) + _q3(f) + _q4(f)
     else:
         parts += ["No completed runs: nothing to aggregate.", ""]
     parts += _q5(f)
+    if f.panels:
+        parts += _q6(f) + _q7(f)
     if f.figures:
         parts += ["## Figures", ""] + [f"- `{p.parent.name}/{p.name}`" for p in f.figures]
     path.write_text("\n".join(parts) + "\n")

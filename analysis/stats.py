@@ -1,25 +1,205 @@
-"""Seed-to-seed statistics: Welch's t-test between the seeds of two cells."""
+"""The statistics behind every claim: paired comparisons between the replicate runs of two
+cells, multiple-comparison corrections, three-way verdicts and the split of replicate
+variance into training seeds and noise draws."""
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
+
+from analysis.errors import AnalysisError
+
+CORRECTIONS = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
+FAMILIES = ("question", "panel")
+TOO_FEW = "undecided (too few seeds)"
+VERDICTS = ("better", "worse", "no detectable difference", TOO_FEW, "undecided", "not tested")
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test; NaN with fewer than 2 values on either side."""
-    a = np.asarray([v for v in a if v is not None and math.isfinite(v)], dtype=float)
-    b = np.asarray([v for v in b if v is not None and math.isfinite(v)], dtype=float)
+@dataclass(frozen=True)
+class StatsOptions:
+    """How claims are tested and worded.
+
+    correction: "holm" (family-wise error rate; Holm 1979) or "bh" (false discovery rate;
+        Benjamini & Hochberg 1995), applied within each family.
+    family: "question" (one family per question and panel) or "panel" (every test of a panel).
+    delta: the smallest difference (a fraction: 0.01 = 1 pp) that matters; "no detectable
+        difference" needs the whole 95% CI inside ±delta.
+    min_pairs: fewer replicate pairs than this and a comparison is undecided (a smoke test).
+    level: the significance level after correction.
+    metric: the test metric compared.
+    """
+
+    correction: str = "holm"
+    family: str = "question"
+    delta: float = 0.01
+    min_pairs: int = 5
+    level: float = 0.05
+    metric: str = "final_test_acc"
+
+    def __post_init__(self) -> None:
+        checks = [("correction", self.correction in CORRECTIONS, ", ".join(CORRECTIONS)),
+                  ("family", self.family in FAMILIES, ", ".join(FAMILIES)),
+                  ("delta", 0 < self.delta < 1, "a fraction in (0, 1), e.g. 0.01 for 1 pp"),
+                  ("min_pairs", self.min_pairs >= 2, "an integer >= 2"),
+                  ("level", 0 < self.level < 1, "a number in (0, 1)")]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise AnalysisError(f"statistics option {key}={getattr(self, key)!r} is not "
+                                    f"valid: allowed {allowed}. Nothing was written.")
+
+    @property
+    def correction_name(self) -> str:
+        """The correction as the report names it."""
+        return CORRECTIONS[self.correction]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Cell a minus cell b on one metric (fractions): effect, 95% CI, raw p, and the data."""
+
+    effect: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n_pairs: int
+    n_a: int
+    n_b: int
+    test: str
+
+    @property
+    def n(self) -> int:
+        """Independent replicates behind the test: pairs, or the smaller side under Welch."""
+        return self.n_pairs if self.test.startswith("paired") else min(self.n_a, self.n_b)
+
+
+def _t_interval(mean: float, se: float, df: float, level: float = 0.95
+                ) -> tuple[float, float, float]:
+    """(CI low, CI high, two-sided p) of a t statistic; se = 0 is the deterministic limit."""
+    if se == 0:
+        return mean, mean, (1.0 if mean == 0 else 0.0)
+    # scipy.special's t distribution functions: the same numbers as scipy.stats.t, without
+    # its per-call overhead (thousands of comparisons in a study).
+    q = float(special.stdtrit(df, 0.5 + level / 2))
+    p = 2 * float(special.stdtr(df, -abs(mean / se)))
+    return mean - q * se, mean + q * se, p
+
+
+def paired_t(diffs: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, CI low, CI high, p) of the paired t-test (Student 1908) on the differences;
+    with fewer than 2 differences there is neither a CI nor a p-value."""
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    se = float(np.std(diffs, ddof=1)) / math.sqrt(n)
+    return (mean, *_t_interval(mean, se, n - 1))
+
+
+def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean a - mean b, CI low, CI high, p) of Welch's t-test (Welch 1947), with the
+    Welch-Satterthwaite degrees of freedom; NaN CI and p with fewer than 2 values a side."""
+    effect = float(np.mean(a) - np.mean(b)) if len(a) and len(b) else math.nan
     if len(a) < 2 or len(b) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        # Identical seeds on both sides make t undefined; scipy warns and says NaN.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        return effect, math.nan, math.nan, math.nan
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se else 1.0
+    return (effect, *_t_interval(effect, se, df))
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> Comparison:
+    """a minus b: one value per replicate (seed, noise_seed) in the same order, NaN where a
+    cell lacks it. Paired on the replicates both have (training seed and noise draw cancel);
+    Welch when fewer than 2 pairs exist."""
+    has_a, has_b = ~np.isnan(a), ~np.isnan(b)
+    both = has_a & has_b
+    n_a, n_b, n_pairs = int(has_a.sum()), int(has_b.sum()), int(both.sum())
+    if n_pairs >= 2:
+        left_out = n_a + n_b - 2 * n_pairs
+        test = "paired t" + (f" ({left_out} unpaired runs left out)" if left_out else "")
+        return Comparison(*paired_t(a[both] - b[both]), n_pairs, n_a, n_b, test)
+    test = "Welch t (fewer than 2 runs share seed and noise_seed)" if min(n_a, n_b) >= 2 \
+        else "none (fewer than 2 runs in a cell)"
+    return Comparison(*welch(a[has_a], b[has_b]), n_pairs, n_a, n_b, test)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values (family-wise error rate under any dependence);
+    NaN p-values are not tests and stay NaN."""
+    p = np.asarray(p, float)
+    out, ok = np.full(p.shape, np.nan), np.isfinite(p)
+    m, order = int(ok.sum()), np.argsort(p[ok])
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[ok][order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(steps, 1.0)
+    out[ok] = adjusted
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini & Hochberg's (1995) step-up adjusted p-values (false discovery rate, valid
+    under independence or positive dependence); NaN p-values stay NaN."""
+    p = np.asarray(p, float)
+    out, ok = np.full(p.shape, np.nan), np.isfinite(p)
+    m, order = int(ok.sum()), np.argsort(p[ok])
+    scaled = m / np.arange(1, m + 1) * p[ok][order]
+    steps = np.minimum.accumulate(scaled[::-1])[::-1]
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(steps, 1.0)
+    out[ok] = adjusted
+    return out
+
+
+def adjust(p: np.ndarray, correction: str) -> np.ndarray:
+    """The p-values of one family adjusted by `correction` ("holm" or "bh")."""
+    return holm(p) if correction == "holm" else benjamini_hochberg(p)
+
+
+def verdict(c: Comparison, p_adjusted: float, options: StatsOptions) -> str:
+    """better / worse when significant after correction; "no detectable difference" only when
+    the whole 95% CI lies within ±delta; undecided otherwise, or with fewer than min_pairs."""
+    if c.n < options.min_pairs or not math.isfinite(p_adjusted):
+        return TOO_FEW if c.n < options.min_pairs else "undecided"
+    if p_adjusted < options.level:
+        return "better" if c.effect > 0 else "worse"
+    if -options.delta < c.ci_low and c.ci_high < options.delta:
+        return "no detectable difference"
+    return "undecided"
+
+
+def variance_components(m: np.ndarray) -> tuple[float, float, float]:
+    """(seed, noise draw, residual) variances of a complete seeds × noise draws table: the
+    method-of-moments estimates of the two-way random-effects model without replication
+    (Searle, Casella & McCulloch 1992, ch. 4): E[MS_seed] = σ²_e + J σ²_seed,
+    E[MS_draw] = σ²_e + I σ²_draw, E[MS_e] = σ²_e. Not truncated (average, then truncate)."""
+    i, j = m.shape
+    grand = m.mean()
+    ms_seed = j * ((m.mean(axis=1) - grand) ** 2).sum() / (i - 1)
+    ms_draw = i * ((m.mean(axis=0) - grand) ** 2).sum() / (j - 1)
+    resid = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + grand
+    ms_e = (resid ** 2).sum() / ((i - 1) * (j - 1))
+    return (ms_seed - ms_e) / j, (ms_draw - ms_e) / i, ms_e
+
+
+def draw_by_setting(cube: np.ndarray) -> float:
+    """The noise draw × setting interaction variance of a complete seeds × draws × settings
+    array (settings fixed, seeds and draws random): (MS_draw×setting - MS_residual) / seeds,
+    the residual being the three-way one (Searle, Casella & McCulloch 1992). Not truncated.
+    Above zero, which setting is better depends on the noise draw: paired tests over a few
+    draws then speak for those draws, not for the noise model."""
+    s, k, c = cube.shape
+    grand = cube.mean()
+    m_s, m_d, m_c = cube.mean(axis=(1, 2)), cube.mean(axis=(0, 2)), cube.mean(axis=(0, 1))
+    m_sd, m_sc, m_dc = cube.mean(axis=2), cube.mean(axis=1), cube.mean(axis=0)
+    r_dc = m_dc - m_d[:, None] - m_c[None, :] + grand
+    resid = (cube - m_sd[:, :, None] - m_sc[:, None, :] - m_dc[None, :, :] + m_s[:, None, None]
+             + m_d[None, :, None] + m_c[None, None, :] - grand)
+    ms_dc = s * (r_dc ** 2).sum() / ((k - 1) * (c - 1))
+    ms_e = (resid ** 2).sum() / ((s - 1) * (k - 1) * (c - 1))
+    return float((ms_dc - ms_e) / s)
 
 
 def fmt_p(p: float) -> str:
