@@ -148,7 +148,7 @@ def test_planted_two_points_are_found_with_five_seeds():
     √2 × 0.6 pp ≈ 0.85 pp, so the noncentrality is 7.45 on 9 df against Holm's first threshold
     0.05 / 24 (t = 4.27): power 0.989 by the noncentral t; measured 1.00 over these 60 panels
     and 0.990 over 500 (`python -m tests.test_findings`). Asserted >= 0.9: at the true 0.989,
-    60 panels fall below that with probability < 1e-6. (With 5 seeds × 1 draw, 5 pairs, the
+    60 panels fall below that with probability 5e-6. (With 5 seeds × 1 draw, 5 pairs, the
     same effect is found in only about 0.3 of studies: 0.313 analytic, 0.292 measured.)"""
     assert power(np.random.default_rng(7), 60, seeds=5, draws=2) >= 0.9
 
