@@ -1,43 +1,77 @@
 """Entry point: `python -m src.train [overrides]`, or `-m` / `+experiment=NAME` for a sweep.
 
-Thin by design: validate the composed config, skip a run that is already complete, hand the
-rest to src.run. A failing job of a multirun is recorded as failed and the sweep goes on.
+Thin by design: validate the composed config, skip the runs that are already complete, hand
+the rest to src.run.lifecycle. A failing job of a multirun is recorded as failed and the sweep
+goes on; a signal stops the whole process (src.run.signals).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # `python src/train.py`: Python put src/ on the path, not the checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+import src.config  # noqa: F401  (registers the resolver conf/hydra/default.yaml uses)
+from src.config.validate import validate
 from src.errors import ConfigError
-from src.fingerprint import fingerprint
-from src.preempt import EXIT_RESUMABLE, Preempted
-from src.results import RESULTS, read_json
-from src.validate import validate
+from src.files import read_json
+from src.run.identity import fingerprint
+from src.run.lock import RunBusy
+from src.run.records import RESULTS
+from src.run.signals import SIGNALS, Stopped
 
-log = logging.getLogger("src.train")
+log = logging.getLogger(__name__)
+_SEED_DIR = re.compile(r"seed=\d+$")
 
 
-def train(cfg: DictConfig, group: str = "") -> dict[str, Any]:
-    """Validate, then train one run (or return the results of a completed one)."""
+def member_configs(cfg: DictConfig) -> list[DictConfig]:
+    """The runs of a job: the config itself, or one per seed of `trainer.parallel_seeds`, each
+    as a separate run of that seed would have it, writing to `.../seed=<each>`."""
+    seeds = [int(s) for s in cfg.trainer.get("parallel_seeds") or []]
+    if not seeds:
+        return [cfg]
+    run_dir = Path(cfg.paths.run_dir)
+    out = []
+    for seed in seeds:
+        member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True,
+                                                         throw_on_missing=False))
+        member.trainer.seed, member.trainer.parallel_seeds = seed, []
+        member.paths.run_dir = str(run_dir.with_name(f"seed={seed}")
+                                   if _SEED_DIR.search(run_dir.name) else run_dir / f"seed={seed}")
+        out.append(member)
+    return out
+
+
+def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[str, Any]:
+    """Validate, then train the job's runs (or return the results of completed ones).
+
+    One run: its results object. Seeds trained together: {"final_test_acc": their mean,
+    "runs": each seed's results object}.
+    """
     validate(cfg)
-    if cfg.trainer.get("parallel_seeds"):  # several seeds as one batched model
-        from src.multiseed import run_parallel
-        return run_parallel(cfg, group)
-    done = completed_results(cfg)
-    if done is not None:
-        return done
-    from src.run import run  # torch is imported only once the config is known to be good
+    members = member_configs(cfg)
+    done = [completed_results(m) for m in members]
+    todo = [m for m, d in zip(members, done) if d is None]
+    if todo:
+        from src.run.lifecycle import run_job  # torch is imported only for a good config
 
-    return run(cfg, group=group)
+        trained = iter(run_job(todo, group, spread))
+        done = [d if d is not None else next(trained) for d in done]
+    if len(members) == 1:
+        return done[0]
+    accs = [r["final_test_acc"] for r in done if r.get("final_test_acc") is not None]
+    return {"final_test_acc": sum(accs) / len(accs) if accs else None, "runs": done}
 
 
 def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
@@ -48,8 +82,8 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
     if not (cfg.skip_completed and done and done.get("status") == "completed"):
         return None
     if done.get("config_fingerprint") != fingerprint(cfg):
-        # Hydra has rewritten .hydra/ already; results.json and config.yaml beside it
-        # still describe the run that produced them, and they are kept as they are.
+        # results.json and config.yaml beside it still describe the run that produced them,
+        # and they are kept as they are.
         raise ConfigError("skip_completed", True, "false to overwrite, or another sweep "
                           "folder", hint=f"{run_dir} holds a completed run of a different "
                           "configuration (see its config.yaml)")
@@ -57,10 +91,15 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
     return done
 
 
-def _hydra_context() -> tuple[str, bool]:
-    """The sweep cell (override_dirname without the seed) and whether this is a multirun."""
+def parallel_job_number() -> int | None:
+    """The job's number in a sweep run by a parallel launcher (joblib, submitit), else None."""
+    if not HydraConfig.initialized():
+        return None
     hc = HydraConfig.get()
-    return hc.job.override_dirname, hc.mode == RunMode.MULTIRUN
+    target = str(hc.launcher.get("_target_", ""))
+    if hc.mode is None or "BasicLauncher" in target or not target:
+        return None
+    return int(hc.job.num)
 
 
 def _drop_empty_run_dir(run_dir: Path) -> None:
@@ -80,21 +119,19 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra's entry: returns the final test accuracy (for sweepers that optimise it)."""
-    group, multirun = _hydra_context()
+    hc = HydraConfig.get()
+    group, multirun = hc.job.override_dirname, hc.mode == RunMode.MULTIRUN
     run_dir = Path(cfg.paths.run_dir)
     try:
-        results = train(cfg, group=group)
+        results = train(cfg, group=group, spread=parallel_job_number())
     except ConfigError as err:
-        _drop_empty_run_dir(run_dir)
+        if not isinstance(err, RunBusy):  # a busy folder is another job's, not ours to drop
+            _drop_empty_run_dir(run_dir)
         print(f"Configuration error: {err}. Nothing was trained.", file=sys.stderr)
         if not multirun:
             sys.exit(2)
         _FAILED_JOBS.append(f"{run_dir}: {err}")
         return None
-    except Preempted as err:
-        log.warning("%s: checkpoint saved in %s", err, run_dir)
-        err.hand_on()  # submitit requeues the job from its own handler
-        sys.exit(EXIT_RESUMABLE)  # the whole sweep stops: the machine is going away
     except Exception as err:
         # The run's results.json already says failed, with the error.
         log.exception("run failed")
@@ -106,8 +143,15 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """Run Hydra's main; a sweep with failed jobs ends with a non-zero exit code."""
-    main()
+    """Run Hydra's main under the process's signal policy; a sweep with failed jobs ends with
+    a non-zero exit code, a stopped one with 75 (resumable) or 130 (Ctrl-C)."""
+    SIGNALS.install()
+    try:
+        main()
+    except Stopped as stop:
+        print(f"{stop}: what could be saved was saved.", file=sys.stderr)
+        stop.hand_on()  # submitit requeues the job from its own handler
+        sys.exit(stop.exit_code)
     if _FAILED_JOBS:
         print(f"{len(_FAILED_JOBS)} job(s) did not complete:", file=sys.stderr)
         for line in _FAILED_JOBS:

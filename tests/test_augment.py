@@ -4,12 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.augment import (
+from src.augment import random_crop, random_hflip
+from src.mixing import (
     method_name,
     mixed_target,
     mixup_smoothing_loss,
-    random_crop,
-    random_hflip,
     smooth,
     soft_cross_entropy,
 )

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from src import bench, reference
-from src.augment import mixup_smoothing_loss
+from src.mixing import mixup_smoothing_loss
+from src.tools import bench, reference
 from tests.conftest import TINY
 
 RESULT_FIELDS = {"name", "seconds", "seconds_all", "device_seconds", "images", "images_per_s"}
-SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "speedup_vs_reference",
+SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "reference_best_workers",
+                  "speedup_vs_reference",
                   "bare_images_per_s", "overhead_vs_bare", "achieved_tflops",
                   "flop_floor_fraction", "multiseed_images_per_s", "multiseed_speedup"}
 MACHINE_FIELDS = {"platform", "processor", "cpu_count", "torch_threads", "torch", "python",
@@ -30,13 +31,13 @@ def test_smoke_run_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--parallel-seeds", "2", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert report["schema"] == 1 and report["command"].startswith("python -m src.bench")
+    assert report["schema"] == 1 and report["command"].startswith("python -m src.tools.bench")
     assert MACHINE_FIELDS <= set(report["machine"])
     assert CONFIG_FIELDS <= set(report["config"])
     assert set(report["flops"]) == {"forward_per_image", "train_per_image"}
     assert report["flops"]["train_per_image"] == 3 * report["flops"]["forward_per_image"] > 0
     names = [r["name"] for r in report["results"]]
-    assert names == ["suite_step", "suite_epoch", "bare_step", "reference_epoch",
+    assert names == ["suite_step", "suite_epoch", "bare_step", "reference_epoch_workers_0",
                      "multiseed_epoch"]
     for r in report["results"]:
         assert set(r) == RESULT_FIELDS and r["seconds"] > 0 and r["images"] > 0
@@ -81,7 +82,7 @@ def test_reference_epoch_trains_with_per_image_transforms():
 
 def test_sweep_time_accounts_for_every_run(tmp_path):
     """A two-run sweep, timed from outside: the JSON's seconds add up and name the runs."""
-    from src import sweep_time
+    from src.tools import sweep_time
 
     out = tmp_path / "sweep_time.json"
     report = sweep_time.main([*TINY, "augmentation=none,mixup",
@@ -98,7 +99,7 @@ def test_sweep_time_accounts_for_every_run(tmp_path):
 
 
 def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
-    from src.sweep_time import account
+    from src.tools.sweep_time import account
 
     for seed in (0, 1):
         d = tmp_path / "cell" / f"seed={seed}"
@@ -135,7 +136,7 @@ def test_bad_command_line_is_refused_before_anything_runs(argv, option, tmp_path
 
 
 def test_failed_sweep_is_reported_with_its_error(tmp_path):
-    from src import sweep_time
+    from src.tools import sweep_time
 
     out = tmp_path / "st.json"
     with pytest.raises(SystemExit, match="augmentation.smoothing"):

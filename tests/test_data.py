@@ -5,8 +5,8 @@ import io
 import numpy as np
 import pytest
 
-from src import data
-from src.data import load_arrays, load_npz, stratified_split
+from src.data import arrays as data
+from src.data.arrays import load_arrays, load_npz, stratified_split
 from src.errors import ConfigError
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src.device import resolve_amp, resolve_device
 from src.errors import ConfigError
+from src.training.device import resolve_amp, resolve_device
 
 
 def test_auto_is_cpu_without_a_gpu(monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.results import read_json
+from src.files import read_json
 from tests.conftest import CONF, popen_module, run_module
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ CASES = {
     "cifar10n": TINY_GPU_STUDY + ["noise.label_set=aggre,worse", "augmentation=none,mixup",
                                   "dataset.val_fraction=0"],
 }
-EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 4,
+EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 6,
                  "mixup_paper_cifar10": 4, "cifar10n": 4}
 
 

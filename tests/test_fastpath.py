@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src import model_cache
-from src.device import Execution
-from src.trainer import Split, TrainData, Trainer, build_optimizer
+from src.data.tensors import Split, TrainData
+from src.training import model_cache
+from src.training.device import Execution
+from src.training.optim import build_optimizer
+from src.training.trainer import SingleTrainer
 
 CPU = Execution(torch.device("cpu"), None, channels_last=False)
 CNN = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
@@ -50,7 +52,7 @@ def test_trainer_step_equals_a_hand_written_plain_step():
     data = tiny_data()
     model = model_cache.fresh_model(CNN, (3, 8, 8), 4, CPU, seed=0)
     plain = copy.deepcopy(model)
-    tr = Trainer(model, data, TRAINER, {"mixup_alpha": 1.0, "smoothing": 0.1}, CPU, seed=0)
+    tr = SingleTrainer(model, data, TRAINER, {"mixup_alpha": 1.0, "smoothing": 0.1}, CPU, seed=0)
     x = tr.normalise(data.train.x[:16])
     y, y2, lam = data.train.y[:16], data.train.y[16:32], torch.tensor(0.3)
     loss, _ = tr.step(x, y, y2, lam)
@@ -88,11 +90,14 @@ def test_fused_optimizer_with_tensor_lr_follows_the_float_lr_path(optimizer):
     runs = []
     for fused in (False, True):
         model = model_cache.fresh_model(CNN, (3, 8, 8), 4, CPU, seed=0)
-        tr = Trainer(model, data, cfg, {"mixup_alpha": 0.4, "smoothing": 0.1}, CPU, seed=0)
-        tr.optimizer = build_optimizer(model, cfg, CPU.device, fused=fused)
-        tr.scheduler = torch.optim.lr_scheduler.LambdaLR(tr.optimizer, lambda s: 0.5 ** s)
+        tr = SingleTrainer(model, data, cfg, {"mixup_alpha": 0.4, "smoothing": 0.1}, CPU, seed=0)
+        tr.optim.optimizer = build_optimizer([p for p in model.parameters() if p.ndim > 1],
+                                             [p for p in model.parameters() if p.ndim <= 1],
+                                             cfg, CPU.device, fused=fused)
+        tr.optim.scheduler = torch.optim.lr_scheduler.LambdaLR(tr.optim.optimizer,
+                                                               lambda s: 0.5 ** s)
         tr.train_epoch()
-        runs.append((params_of(model), tr.optimizer.param_groups[0]["lr"]))
+        runs.append((params_of(model), tr.optim.optimizer.param_groups[0]["lr"]))
     assert torch.is_tensor(runs[1][1]) and runs[1][1].dtype == torch.float64
     assert float(runs[1][1]) == runs[0][1]  # the same schedule values, exactly
     assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
@@ -129,11 +134,11 @@ def test_no_recompile_when_lambda_eps_lr_eval_batch_or_run_change(compile_with):
     for seed, (alpha, eps, lr) in enumerate([(1.0, 0.1, 0.1), (0.2, 0.3, 0.02)]):
         model = model_cache.get_model(CNN, (3, 8, 8), 4, CPU, seed, reuse=True)
         models.append(model)
-        tr = Trainer(model, data, {**cfg, "lr": lr},
+        tr = SingleTrainer(model, data, {**cfg, "lr": lr},
                      {"mixup_alpha": alpha, "smoothing": eps}, CPU, seed)
         for _ in range(2):  # lambdas and the cosine lr change at every step
             tr.train_epoch()
-            tr.evaluate(data.test)  # 40 images: one padded eval batch of 24 + 16
+            tr.predict(data.test.x)  # 40 images: one padded eval batch of 24 + 16
             tr.predict(data.train.x)  # 80 images: 24, 24, 24, 8 (padded)
     assert models[0] is models[1]  # the second run got the cached object back
     assert counter.graphs == 2  # one training graph, one evaluation graph, for both runs
@@ -145,9 +150,9 @@ def test_compiled_training_and_evaluation_match_eager(compile_with):
     out = []
     for compile_ in (False, True):
         model = model_cache.fresh_model(CNN, (3, 8, 8), 4, CPU, seed=0)
-        tr = Trainer(model, data, {**TRAINER, "compile": compile_},
+        tr = SingleTrainer(model, data, {**TRAINER, "compile": compile_},
                      {"mixup_alpha": 1.0, "smoothing": 0.1}, CPU, seed=0)
-        stats = tr.train_epoch()
+        stats = tr.train_epoch()[0]
         out.append((stats.loss, params_of(model), tr.predict(data.test.x)))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
     assert_close(out[0][1], out[1][1], rtol=1e-4, atol=1e-5)
@@ -176,8 +181,9 @@ def test_inductor_forward_and_backward_match_eager(compile_with):
 def test_cached_model_reinitialised_equals_a_fresh_build(cfg, shape):
     model_cache.clear()
     first = model_cache.get_model(cfg, shape, 4, CPU, seed=0, reuse=True)
-    tr = Trainer(first, tiny_data(shape=shape), TRAINER, {"mixup_alpha": 0.0, "smoothing": 0.0},
-                 CPU, seed=0)
+    tr = SingleTrainer(first, tiny_data(shape=shape), TRAINER,
+                       {"mixup_alpha": 0.0, "smoothing": 0.0},
+                       CPU, seed=0)
     tr.train_epoch()  # weights, BN statistics, gradients and mode all move away
     tr.predict(tr.data.test.x)
     again = model_cache.get_model(cfg, shape, 4, CPU, seed=1, reuse=True)
@@ -211,10 +217,10 @@ def test_cuda_graph_training_and_evaluation_match_eager():
     out = []
     for compile_ in (False, True):
         model = model_cache.fresh_model(CNN, (3, 8, 8), 4, gpu, seed=0)
-        tr = Trainer(model, data, {**TRAINER, "compile": compile_},
+        tr = SingleTrainer(model, data, {**TRAINER, "compile": compile_},
                      {"mixup_alpha": 1.0, "smoothing": 0.1}, gpu, seed=0)
         assert tr.cuda_graphs == compile_
-        losses = [tr.train_epoch().loss for _ in range(2)]
+        losses = [tr.train_epoch()[0].loss for _ in range(2)]
         out.append((losses, params_of(model), tr.predict(data.test.x)))
     assert out[0][0] == pytest.approx(out[1][0], rel=2e-2)
     assert_close(out[0][1], out[1][1], rtol=5e-2, atol=5e-3)

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from src.results import read_json, read_metrics, write_json_atomic
+from src.files import read_json, write_json_atomic
+from src.run.records import read_metrics
 from tests.conftest import TINY, make_cfg, popen_module, run_module
 
 # Long enough to be stopped in the middle, short enough for CI (~0.1 s an epoch).
@@ -114,7 +115,7 @@ def test_truncated_checkpoint_is_reported_and_run_starts_over(tmp_path, referenc
 def test_checkpoint_is_never_unpickled_as_code(tmp_path):
     import pickle
 
-    from src.checkpoint import load_checkpoint
+    from src.training.checkpoint import load_checkpoint
 
     class Evil:
         def __reduce__(self):
@@ -136,14 +137,14 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_failing_job_does_not_stop_the_multirun(tmp_path, monkeypatch):
     from src import train as entry
-    from src.trainer import Trainer
+    from src.training.trainer import Trainer
 
     original = Trainer.train_epoch
 
-    def flaky(self, stop=None):
+    def flaky(self, *args, **kwargs):
         if float(self.cfg["lr"]) == 0.07:
             raise RuntimeError("injected failure")
-        return original(self, stop)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "train_epoch", flaky)
     monkeypatch.chdir(tmp_path)

@@ -1,8 +1,8 @@
-"""Seeds trained together (src.multiseed) equal the same seeds trained separately within a
-tight float tolerance: batched and separate kernels are different code paths (a vmapped linear
-layer is a batched matmul, a vmapped convolution one grouped convolution), and which kernel a
-CPU picks, hence the order of its sums, differs between machines (AVX-512 or not). Bit-for-bit
-equality is promised only for the same code path run twice (resume, rerun), and tested there.
+"""Seeds trained together (src.training.trainer.StackedTrainer) equal the same seeds trained
+separately within a tight float tolerance: batched and separate kernels are different code
+paths (a vmapped linear layer is a batched matmul, a vmapped convolution one grouped
+convolution), and which kernel a CPU picks, hence the order of its sums, differs between
+machines (AVX-512 or not). Bit-for-bit equality is promised only for the same code path run twice (resume, rerun), and tested there.
 The job writes one normal run directory per seed."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import model_cache
-from src.device import Execution
 from src.errors import ConfigError
-from src.multiseed import MultiSeedTrainer, seed_dirs, seed_group
-from src.results import read_json, read_metrics
-from src.train import train
-from src.trainer import Trainer
+from src.files import read_json
+from src.run.records import read_metrics
+from src.train import member_configs, train
+from src.training import model_cache
+from src.training.device import Execution
+from src.training.evaluate import classification_metrics
+from src.training.trainer import SingleTrainer, StackedTrainer
 from tests.conftest import TINY, make_cfg
 from tests.test_fastpath import TRAINER, tiny_data
 
@@ -30,12 +31,12 @@ SEEDS = [0, 3, 7]
 def train_both(model_cfg: dict, epochs: int = 2):
     """The batched trainer and one separate Trainer per seed, after `epochs` epochs."""
     data = tiny_data()  # crops and flips on, so every random draw is compared
-    multi = MultiSeedTrainer(model_cfg, (3, 8, 8), data, TRAINER, AUG, CPU, SEEDS)
-    single = [Trainer(model_cache.fresh_model(model_cfg, (3, 8, 8), 4, CPU, s), data, TRAINER,
+    multi = StackedTrainer(model_cfg, (3, 8, 8), data, TRAINER, AUG, CPU, SEEDS)
+    single = [SingleTrainer(model_cache.fresh_model(model_cfg, (3, 8, 8), 4, CPU, s), data, TRAINER,
                       AUG, CPU, s) for s in SEEDS]
     stats = []
     for _ in range(epochs):
-        stats.append((multi.train_epoch(), [t.train_epoch() for t in single]))
+        stats.append((multi.train_epoch(), [t.train_epoch()[0] for t in single]))
     return data, multi, single, stats
 
 
@@ -46,10 +47,11 @@ def test_batched_mlp_matches_separate_runs_within_float_tolerance():
             assert b.loss == pytest.approx(s.loss, rel=1e-6)
             assert b.acc == pytest.approx(s.acc, abs=1e-6)
     for k, tr in enumerate(single):
-        sd = multi.state_dict(k)
+        sd = multi.member_state_dict(k)
         for name, value in tr.model.state_dict().items():
             torch.testing.assert_close(sd[name], value, rtol=1e-5, atol=1e-6)
-        got, want = multi.view(k).evaluate(data.test), tr.evaluate(data.test)
+        got = classification_metrics(multi.predict(data.test.x)[k], data.test.y)
+        want = classification_metrics(tr.predict(data.test.x)[0], data.test.y)
         assert got["acc"] == want["acc"]
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
@@ -62,8 +64,8 @@ def test_batched_training_twice_is_bit_identical():
     assert [[(s.loss, s.acc) for s in b] for b, _ in stats_a] == \
         [[(s.loss, s.acc) for s in b] for b, _ in stats_b]
     for k in range(len(SEEDS)):
-        for name, value in first.state_dict(k).items():
-            assert torch.equal(second.state_dict(k)[name], value), name
+        for name, value in first.member_state_dict(k).items():
+            assert torch.equal(second.member_state_dict(k)[name], value), name
 
 
 def test_batched_cnn_matches_separate_runs_within_float_tolerance():
@@ -73,20 +75,22 @@ def test_batched_cnn_matches_separate_runs_within_float_tolerance():
         for b, s in zip(batched, separate):
             assert b.loss == pytest.approx(s.loss, rel=1e-5)
     for k, tr in enumerate(single):
-        sd = multi.state_dict(k)
+        sd = multi.member_state_dict(k)
         for name, value in tr.model.state_dict().items():  # BN running stats included
             torch.testing.assert_close(sd[name].float(), value.float(), rtol=1e-4, atol=1e-5)
-        got, want = multi.view(k).evaluate(data.test), tr.evaluate(data.test)
+        got = classification_metrics(multi.predict(data.test.x)[k], data.test.y)
+        want = classification_metrics(tr.predict(data.test.x)[0], data.test.y)
         assert got["acc"] == want["acc"]
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
 
 
-def test_seed_dirs_and_group():
-    assert seed_dirs(Path("/o/cell/seed=0"), [0, 5]) == [Path("/o/cell/seed=0"),
-                                                          Path("/o/cell/seed=5")]
-    assert seed_dirs(Path("/o/2024-01-01"), [1]) == [Path("/o/2024-01-01/seed=1")]
-    assert seed_group("a=1,trainer.parallel_seeds=[0,1,2],b=[3,4]") == "a=1,b=[3,4]"
-    assert seed_group("") == ""
+def test_member_folders_sit_beside_the_job_folder():
+    over = TINY + ["trainer.parallel_seeds=[0,5]"]
+    cfg = make_cfg(over + ["paths.run_dir='/o/cell/seed=0'"])
+    dirs = [m.paths.run_dir for m in member_configs(cfg)]
+    assert dirs == ["/o/cell/seed=0", "/o/cell/seed=5"]
+    dirs = [m.paths.run_dir for m in member_configs(make_cfg(over, run_dir="/o/2024"))]
+    assert dirs == ["/o/2024/seed=0", "/o/2024/seed=5"]
 
 
 def cfg_at(overrides: list[str], run_dir: Path):
@@ -139,13 +143,13 @@ def test_batched_cnn_trains_under_bf16_autocast():
     bf16 = Execution(device, torch.bfloat16, channels_last=False)
     cnn = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
     data = tiny_data(device)
-    multi = MultiSeedTrainer(cnn, (3, 8, 8), data, TRAINER, AUG, bf16, SEEDS)
-    single = [Trainer(model_cache.fresh_model(cnn, (3, 8, 8), 4, bf16, s), data, TRAINER, AUG,
-                      bf16, s) for s in SEEDS]
-    batched, separate = multi.train_epoch(), [t.train_epoch() for t in single]
+    multi = StackedTrainer(cnn, (3, 8, 8), data, TRAINER, AUG, bf16, SEEDS)
+    single = [SingleTrainer(model_cache.fresh_model(cnn, (3, 8, 8), 4, bf16, s), data, TRAINER,
+                            AUG, bf16, s) for s in SEEDS]
+    batched, separate = multi.train_epoch(), [t.train_epoch()[0] for t in single]
     for b, s in zip(batched, separate):
         assert b.finite and b.loss == pytest.approx(s.loss, rel=2e-2)
     for k, tr in enumerate(single):
         for name, value in tr.model.state_dict().items():
             if value.dtype.is_floating_point:
-                assert multi.state_dict(k)[name].dtype == value.dtype, name
+                assert multi.member_state_dict(k)[name].dtype == value.dtype, name

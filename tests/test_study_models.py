@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
+from src.config.validate import validate
 
 from src.models import MODELS
-from src.validate import validate
 from tests.conftest import CONF, make_cfg
 from tests.test_models import SMALL
 
@@ -32,7 +33,12 @@ def test_there_are_studies() -> None:
 @pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_study_composes_and_validates_with_every_model(tmp_path, experiment, model):
-    cfg = make_cfg([f"+experiment={experiment}", f"model={model}"], run_dir=tmp_path)
+    extra = []
+    if experiment == "cifar10n":  # its label file is checked too: give it one that exists
+        labels = tmp_path / "labels.npz"
+        np.savez(labels, clean_label=np.zeros(1, np.int64), worse_label=np.zeros(1, np.int64))
+        extra = [f"noise.file={labels}"]
+    cfg = make_cfg([f"+experiment={experiment}", f"model={model}", *extra], run_dir=tmp_path)
     validate(cfg)  # builds the model on the meta device for the study's images
     # The model section is the model's own file, whole: the study added no key to it.
     assert OmegaConf.to_container(cfg.model) == model_file(model)

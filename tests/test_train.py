@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from src.results import read_json, read_metrics
+from src.files import read_json
+from src.run.records import read_metrics
 from src.train import train
 from tests.conftest import TINY, make_cfg, run_module
 

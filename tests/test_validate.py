@@ -2,8 +2,8 @@
 
 import pytest
 
+from src.config.validate import validate
 from src.errors import ConfigError
-from src.validate import validate
 from tests.conftest import make_cfg
 
 # (overrides, key the message must name)

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from src.config.options import AMP_CHOICES
 from src.errors import ConfigError
-from src.options import AMP_CHOICES
 
 
 @dataclass(frozen=True)

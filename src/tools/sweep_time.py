@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from src.results import RESULTS, now_iso, read_json
+from src.files import read_json
+from src.run.records import RESULTS, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["augmentation=none,mixup,smoothing,mixup_smoothing", "noise=none,symmetric",
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report = measure(args.overrides, Path(args.dir or tmp).resolve())
     import torch
 
-    from src.bench import machine, print_fields, write_report
+    from src.tools.bench import machine, print_fields, write_report
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # trainer.device=auto
     report = {"created_at": now_iso(),

@@ -1,9 +1,9 @@
 """Time the suite's training step and epoch against a plain reference loop and a bare loop.
 
-    python -m src.bench --dataset digits --model cnn                       # real data, CPU
-    python -m src.bench --shape 3,32,32 --num-classes 10 --n 50000 \\
+    python -m src.tools.bench --dataset digits --model cnn                       # real data, CPU
+    python -m src.tools.bench --shape 3,32,32 --num-classes 10 --n 50000 \\
         --model preact_resnet18 --device cuda --batch-size 512 --amp bf16 --compile
-    python -m src.bench --smoke                                             # CI: seconds
+    python -m src.tools.bench --smoke                                             # CI: seconds
 
 Everything runs in one process on the same model architecture, data and device:
 
@@ -41,10 +41,12 @@ JSON (`--out`, default outputs/bench/bench.json), one object:
   `smoke`;
 * `flops`: `forward_per_image`, `train_per_image` (FLOPs);
 * `results`: a list, one object per measurement: `name` (`suite_step`, `suite_epoch`,
-  `bare_step`, `reference_epoch`, `multiseed_epoch`), `seconds` (median wall time of one
+  `bare_step`, `reference_epoch_workers_N` for each DataLoader worker count N timed,
+  `multiseed_epoch`), `seconds` (median wall time of one
   unit: a step or an epoch), `seconds_all` (every repeat), `device_seconds` (median CUDA-event
   time, null on CPU), `images` (per unit), `images_per_s` (images / seconds);
-* `summary`: `suite_images_per_s` (epoch), `reference_images_per_s`, `speedup_vs_reference`,
+* `summary`: `suite_images_per_s` (epoch), `reference_images_per_s` (the fastest worker
+  count's), `reference_best_workers`, `speedup_vs_reference` (against that fastest),
   `bare_images_per_s`, `overhead_vs_bare`, `achieved_tflops` (suite epoch),
   `flop_floor_fraction`, `multiseed_images_per_s`, `multiseed_speedup`; null where not measured.
 
@@ -55,6 +57,7 @@ a few seconds. Measured figures are in the README's Performance section.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -67,19 +70,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from omegaconf import DictConfig, OmegaConf
 
-from src.augment import mixup_smoothing_loss
-from src.device import Execution, resolve_device, resolve_execution
+from src.config.options import AMP_CHOICES, COMPILE_MODES
+from src.data.tensors import Split, TrainData, normalisation
 from src.errors import ConfigError
-from src.model_cache import compile_mode, get_model
+from src.files import write_json_atomic
 from src.models import build_model
-from src.options import AMP_CHOICES, COMPILE_MODES
-from src.results import now_iso, write_json_atomic
-from src.trainer import Split, TrainData, Trainer, build_optimizer
+from src.run.records import now_iso
+from src.training.device import Execution, resolve_device, resolve_execution
+from src.training.model_cache import compile_mode, get_model
+from src.training.trainer import SingleTrainer, StackedTrainer, Trainer
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SMOKE_MODEL_ARGS = ["channels=[8,16]"]
+CONF = Path(__file__).resolve().parents[2] / "conf"
+# Smaller widths for --smoke, per model (a key of one model is not a key of another).
+SMOKE_MODEL_ARGS = {"cnn": ["channels=[8,16]"], "mlp": ["hidden_sizes=[32]"],
+                    "preact_resnet18": ["width=8"], "vit": ["width=32", "depth=1"]}
 
 
 @dataclass
@@ -133,31 +139,52 @@ def measure(name: str, fn: Callable[[], Any], images: int, device: torch.device,
 # ---------------------------------------------------------------- data and model set-up
 
 
-def dataset_config(name: str) -> dict[str, Any]:
-    """conf/dataset/NAME.yaml as a plain dict (root defaults to ./data)."""
-    cfg = yaml.safe_load((CONF / "dataset" / f"{name}.yaml").read_text())
-    if isinstance(cfg.get("root"), str) and "${" in cfg["root"]:
-        cfg["root"] = "./data"
+def compose_config(args: argparse.Namespace) -> DictConfig:
+    """The run config the bench measures, composed from conf/ exactly as a run composes it
+    (Hydra's compose API, the command line's values as overrides) and validated as a run is.
+    Synthetic data (--shape) replaces the dataset's shape, classes and statistics."""
+    from hydra import compose, initialize_config_dir
+
+    import src.config  # noqa: F401  (the resolver the Hydra config uses)
+    from src.config.validate import validate
+    from src.train import CONF_DIR
+
+    over = [f"dataset={args.dataset}", f"model={args.model}",
+            *[f"model.{item}" for item in args.model_arg],
+            f"trainer.batch_size={args.batch_size}", f"trainer.amp={args.amp}",
+            f"trainer.compile={str(args.compile).lower()}", f"trainer.device={args.device}",
+            f"trainer.channels_last={str(args.channels_last).lower()}", "trainer.epochs=1000",
+            f"augmentation.mixup_alpha={args.alpha}", f"augmentation.smoothing={args.eps}",
+            "paths.run_dir=."]
+    if args.npz:
+        over.append(f"dataset.npz={args.npz}")
+    if args.shape:
+        c, h, w = (int(v) for v in args.shape.split(","))
+        cifar_like = (c, h, w) == (3, 32, 32)  # augment as conf/dataset/cifar10.yaml does
+        over += [f"dataset.image_shape=[{c},{h},{w}]", f"dataset.num_classes={args.num_classes}",
+                 f"dataset.mean=[{','.join(['0.5'] * c)}]",
+                 f"dataset.std=[{','.join(['0.25'] * c)}]",
+                 f"dataset.augment.crop_padding={4 if cifar_like else 0}",
+                 f"dataset.augment.hflip={str(cifar_like).lower()}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=over)
+    validate(cfg)
     return cfg
 
 
-def load_data(args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def load_data(args: argparse.Namespace, cfg: DictConfig) -> tuple[dict[str, Any], np.ndarray,
+                                                                  np.ndarray]:
     """(dataset config, train images (N, H, W, C) uint8, labels) of the chosen data."""
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     if args.shape:
-        c, h, w = (int(v) for v in args.shape.split(","))
+        c, h, w = ds["image_shape"]
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (args.n, h, w, c), dtype=np.uint8)
         y = rng.integers(0, args.num_classes, args.n).astype(np.int64)
-        cifar_like = (c, h, w) == (3, 32, 32)  # augment as conf/dataset/cifar10.yaml does
-        ds = {"name": f"synthetic-{c}x{h}x{w}", "num_classes": args.num_classes,
-              "image_shape": [c, h, w], "mean": [0.5] * c, "std": [0.25] * c,
-              "augment": {"crop_padding": 4 if cifar_like else 0, "hflip": cifar_like}}
+        ds["name"] = f"synthetic-{c}x{h}x{w}"
         return ds, x, y
-    from src.data import load_arrays
+    from src.data.arrays import load_arrays
 
-    ds = dataset_config(args.dataset)
-    if args.npz:
-        ds["npz"] = args.npz
     arrays = load_arrays(ds)
     x, y = arrays.x_train, arrays.y_train
     if args.n:
@@ -170,28 +197,10 @@ def train_data(ds: dict[str, Any], x: np.ndarray, y: np.ndarray, crop: int, hfli
     """The suite's TrainData on the device (a token test split: the bench does not evaluate)."""
     xt = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).contiguous()
     yt = torch.from_numpy(y).to(device)
-    shape = (1, -1, 1, 1)
+    mean, std = normalisation(ds, device)
     return TrainData(train=Split(xt, yt), test=Split(xt[:8], yt[:8]), y_true=yt, val=None,
-                     mean=torch.tensor(ds["mean"], device=device).view(shape),
-                     std=torch.tensor(ds["std"], device=device).view(shape),
-                     num_classes=int(ds["num_classes"]), crop_padding=crop, hflip=hflip)
-
-
-def model_config(name: str, overrides: list[str]) -> dict[str, Any]:
-    """conf/model/NAME.yaml with key=value overrides (values parsed as YAML: [8,16], 32)."""
-    cfg = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
-    for item in overrides:
-        key, _, value = item.partition("=")
-        cfg[key.strip()] = yaml.safe_load(value)
-    return cfg
-
-
-def trainer_config(args: argparse.Namespace) -> dict[str, Any]:
-    """conf/trainer/default.yaml with the bench's batch size, amp, compile and layout."""
-    cfg = yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())
-    cfg.update(batch_size=args.batch_size, amp=args.amp, compile=args.compile,
-               channels_last=args.channels_last, epochs=1000, device=args.device)
-    return cfg
+                     mean=mean, std=std, num_classes=int(ds["num_classes"]),
+                     crop_padding=crop, hflip=hflip)
 
 
 def flops_per_image(model_cfg: dict[str, Any], shape: tuple[int, int, int], k: int,
@@ -217,11 +226,10 @@ def time_suite(trainer: Trainer, args: argparse.Namespace) -> list[Measure]:
 
     def run_steps() -> None:
         st = trainer.epoch_state
-        if st is None or trainer.steps_per_epoch - st["step"] < steps:
-            trainer.epoch_state = None
+        if st is None or trainer.steps_per_epoch - st.step < steps:
             trainer.begin_epoch()
-        target = trainer.epoch_state["step"] + steps
-        trainer.train_epoch(stop=lambda: trainer.epoch_state["step"] >= target)
+        target = trainer.epoch_state.step + steps
+        trainer.train_epoch(stop=lambda: trainer.epoch_state.step >= target)
 
     def run_epoch() -> None:
         trainer.epoch_state = None
@@ -233,42 +241,18 @@ def time_suite(trainer: Trainer, args: argparse.Namespace) -> list[Measure]:
     return [step, epoch]
 
 
-def bare_batches(trainer: Trainer, steps: int, alpha: float) -> list[tuple]:
-    """Batches made beforehand the suite's way: normalised, mixed, with lambda and targets."""
-    out, n, bs = [], len(trainer.data.train), trainer.batch_size
-    gen = torch.Generator(device=trainer.device).manual_seed(1)
-    rng = np.random.default_rng(1)
-    for _ in range(steps):
-        idx = torch.randperm(n, generator=gen, device=trainer.device)[:bs]
-        x = trainer.normalise(trainer.data.train.x[idx])
-        y = trainer.data.train.y[idx]
-        lam = torch.tensor(float(rng.beta(alpha, alpha)) if alpha > 0 else 1.0,
-                           device=trainer.device)
-        perm = torch.randperm(bs, generator=gen, device=trainer.device)
-        out.append(((lam * x + (1 - lam) * x[perm]).detach(), y, y[perm], lam))
-    return out
-
-
-def time_bare(trainer: Trainer, args: argparse.Namespace, tcfg: dict[str, Any]) -> Measure:
-    """The same forward, loss and optimizer on pre-made batches: the floor of a step."""
+def time_bare(trainer: Trainer, args: argparse.Namespace) -> Measure:
+    """The suite's own step on batches made beforehand by the suite's own batch code: the
+    floor of a step, without gathering, augmentation and mixing inside the loop."""
     steps = min(args.steps, trainer.steps_per_epoch)
-    batches = bare_batches(trainer, steps, args.alpha)
-    model, forward, ex = trainer.model, trainer.forward, trainer.ex
-    optimizer = build_optimizer(model, tcfg, trainer.device)
-    scaler, eps = ex.grad_scaler(), trainer.eps
+    trainer.begin_epoch()
+    batches = [tuple(t.detach() for t in trainer.batch(i)) for i in range(steps)]
+    trainer.epoch_state = None
 
     def run() -> None:
-        model.train()
-        for x, y, y2, lam in batches:
-            if trainer.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with ex.autocast():
-                logits = forward(x)
-            loss = mixup_smoothing_loss(logits, y, y2, lam, eps)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        trainer.train_mode()
+        for batch in batches:
+            trainer.step(*batch)
 
     return measure("bare_step", run, trainer.batch_size, trainer.device, args.warmup,
                    args.repeats, units=steps)
@@ -276,34 +260,43 @@ def time_bare(trainer: Trainer, args: argparse.Namespace, tcfg: dict[str, Any]) 
 
 def time_reference(args: argparse.Namespace, ds: dict[str, Any], x: np.ndarray, y: np.ndarray,
                    model_cfg: dict[str, Any], device: torch.device, crop: int,
-                   hflip: bool) -> Measure:
-    """The original Mixup code's loop, one epoch per repeat, on a fresh fp32 model."""
-    from src import reference
+                   hflip: bool) -> list[Measure]:
+    """The original Mixup code's loop, one epoch per repeat on a fresh fp32 model, at each
+    DataLoader worker count asked for: the comparison is with the best of them (a user
+    tunes the worker count; on 2 cores, workers compete with training)."""
+    from src.tools import reference
 
-    torch.manual_seed(0)
-    np.random.seed(0)
-    model = build_model(model_cfg, tuple(ds["image_shape"]), int(ds["num_classes"])).to(device)
-    optimizer = reference.make_optimizer(model)
-    loader = reference.make_loader(x, y, args.batch_size, ds["mean"], ds["std"], crop, hflip,
-                                   args.ref_workers)
-    alpha, eps = args.alpha, args.eps
-    return measure("reference_epoch",
-                   lambda: reference.train_epoch(model, loader, optimizer, alpha, eps, device),
-                   len(y), device, args.warmup, args.repeats)
+    out = []
+    for workers in args.ref_workers:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        model = build_model(model_cfg, tuple(ds["image_shape"]),
+                            int(ds["num_classes"])).to(device)
+        optimizer = reference.make_optimizer(model)
+        loader = reference.make_loader(x, y, args.batch_size, ds["mean"], ds["std"], crop,
+                                       hflip, workers)
+        epoch = functools.partial(reference.train_epoch, model, loader, optimizer, args.alpha,
+                                  args.eps, device)
+        out.append(measure(f"reference_epoch_workers_{workers}", epoch, len(y), device,
+                           args.warmup, args.repeats))
+    return out
 
 
 def time_multiseed(args: argparse.Namespace, ds: dict[str, Any], data: TrainData,
                    model_cfg: dict[str, Any], tcfg: dict[str, Any],
                    ex: Execution) -> Measure:
-    """K seeds as one batched model (src.multiseed), one epoch of all K per repeat."""
-    from src.multiseed import MultiSeedTrainer
-
+    """K seeds as one batched model (src.training.trainer.StackedTrainer), one epoch of all K
+    per repeat."""
     seeds = list(range(args.parallel_seeds))
-    mt = MultiSeedTrainer(model_cfg, tuple(ds["image_shape"]), data, tcfg,
-                          {"mixup_alpha": args.alpha, "smoothing": args.eps}, ex, seeds)
+    mt = StackedTrainer(model_cfg, tuple(ds["image_shape"]), data, tcfg,
+                        {"mixup_alpha": args.alpha, "smoothing": args.eps}, ex, seeds)
     images = len(seeds) * mt.batch_size * mt.steps_per_epoch
-    return measure("multiseed_epoch", mt.train_epoch, images, ex.device, args.warmup,
-                   args.repeats)
+
+    def run_epoch() -> None:
+        mt.epoch_state = None
+        mt.train_epoch()
+
+    return measure("multiseed_epoch", run_epoch, images, ex.device, args.warmup, args.repeats)
 
 
 # ---------------------------------------------------------------- report
@@ -315,13 +308,16 @@ def summarise(rows: dict[str, dict[str, Any]], flops: dict[str, float], peak: fl
     def ips(name: str) -> float | None:
         return rows[name]["images_per_s"] if name in rows else None
 
-    suite, ref, bare, multi = (ips("suite_epoch"), ips("reference_epoch"), ips("bare_step"),
-                               ips("multiseed_epoch"))
+    suite, bare, multi = ips("suite_epoch"), ips("bare_step"), ips("multiseed_epoch")
+    refs = {n: r["images_per_s"] for n, r in rows.items() if n.startswith("reference_epoch")}
+    best_ref = max(refs, key=refs.get) if refs else None
+    ref = refs[best_ref] if best_ref else None
     achieved = suite * flops["train_per_image"] / 1e12 if suite else None
     use_peak = peak if peak is not None else (800.0 if device.type == "cuda" else None)
     step, bare_s = rows.get("suite_step"), rows.get("bare_step")
     return {
         "suite_images_per_s": suite, "reference_images_per_s": ref,
+        "reference_best_workers": int(best_ref.rsplit("_", 1)[1]) if best_ref else None,
         "speedup_vs_reference": suite / ref if suite and ref else None,
         "bare_images_per_s": bare,
         "overhead_vs_bare": (step["seconds"] / bare_s["seconds"] - 1) if step and bare_s
@@ -376,7 +372,8 @@ def write_report(report: dict[str, Any], out: str | Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m src.tools.bench",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="digits", help="a conf/dataset name (real data)")
     p.add_argument("--npz", default=None, help="offline archive for --dataset")
     p.add_argument("--shape", default=None, help="synthetic data C,H,W instead of --dataset")
@@ -400,8 +397,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="steps per timed step measurement")
-    p.add_argument("--ref-workers", type=int, default=None,
-                   help="reference DataLoader workers (default min(8, cores), as the original)")
+    p.add_argument("--ref-workers", type=int, nargs="+", default=None,
+                   help="reference DataLoader worker counts to time (default: 0 .. cores); "
+                        "the speed-up is against the fastest")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--parallel-seeds", type=int, default=0, metavar="K",
                    help="also time K seeds as one batched model (src.multiseed)")
@@ -413,17 +411,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_args(p, args)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
-        args.model_arg = args.model_arg or list(SMOKE_MODEL_ARGS)
+        args.model_arg = args.model_arg or list(SMOKE_MODEL_ARGS.get(args.model, []))
         args.warmup, args.repeats, args.steps = 1, 1, 2
         args.batch_size = min(args.batch_size, 32)
         args.n = args.n or 128
-        args.ref_workers = 0 if args.ref_workers is None else args.ref_workers
+        args.ref_workers = [0] if args.ref_workers is None else args.ref_workers
     if args.shape and args.n is None:
         args.n = 50000
-    if args.ref_workers is None:
-        from src.reference import default_workers
-
-        args.ref_workers = default_workers()
+    if args.ref_workers is None:  # every count from none to one per core
+        args.ref_workers = list(range((os.cpu_count() or 1) + 1))
+    try:
+        args.config = compose_config(args)
+    except ConfigError as err:  # the suite's own validation, with its own words
+        p.error(f"{err}")
     return args
 
 
@@ -475,21 +475,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything the arguments ask for; return the report object."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    tcfg = trainer_config(args)
+    cfg = args.config
+    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     ex = resolve_execution(tcfg)  # as a run resolves device, precision and layout
     device, cl = ex.device, ex.channels_last
-    ds, x, y = load_data(args)
+    ds, x, y = load_data(args, cfg)
     crop = ds["augment"]["crop_padding"] if args.crop_padding is None else args.crop_padding
     hflip = ds["augment"]["hflip"] if args.hflip is None else bool(args.hflip)
     shape = tuple(int(v) for v in ds["image_shape"])
-    model_cfg = model_config(args.model, args.model_arg)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data = train_data(ds, x, y, crop, hflip, device)
     model = get_model(model_cfg, shape, data.num_classes, ex, seed=0)
-    trainer = Trainer(model, data, tcfg, {"mixup_alpha": args.alpha, "smoothing": args.eps},
-                      ex, seed=0)
-    results = time_suite(trainer, args) + [time_bare(trainer, args, tcfg)]
+    trainer = SingleTrainer(model, data, tcfg, {"mixup_alpha": args.alpha,
+                                                "smoothing": args.eps}, ex, seed=0)
+    results = time_suite(trainer, args) + [time_bare(trainer, args)]
     if not args.no_reference:
-        results.append(time_reference(args, ds, x, y, model_cfg, device, crop, hflip))
+        results += time_reference(args, ds, x, y, model_cfg, device, crop, hflip)
     if args.parallel_seeds:
         results.append(time_multiseed(args, ds, data, model_cfg, tcfg, ex))
     fwd = flops_per_image(model_cfg, shape, data.num_classes, trainer.batch_size)
@@ -505,7 +506,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "ref_workers": args.ref_workers, "parallel_seeds": args.parallel_seeds,
               "peak_tflops": args.peak_tflops, "smoke": args.smoke}
     return {"schema": 1, "created_at": now_iso(),
-            "command": " ".join(["python -m src.bench", *args.argv]),
+            "command": " ".join(["python -m src.tools.bench", *args.argv]),
             "machine": machine(device), "config": config, "flops": flops,
             "results": list(rows.values()),
             "summary": summarise(rows, flops, args.peak_tflops, device)}
@@ -520,5 +521,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: measure, print, write (exit code 0, or 2 for a bad option)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,8 +14,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from src.config.options import AMP_CHOICES, COMPILE_MODES, WANDB_MODES
+from src.data.arrays import DATASETS
 from src.errors import ConfigError
-from src.options import AMP_CHOICES, COMPILE_MODES, WANDB_MODES
+from src.noise import check_noise_config
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def list_of(rule: Rule, min_len: int = 0, exact: int | None = None) -> Rule:
 
 
 DATASET = {
-    "name": choice("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "npz"),
+    "name": choice(*DATASETS),
     "num_classes": integer(2, 100_000),
     "image_shape": list_of(integer(1, 100_000), exact=3),
     "mean": list_of(number(0, 1), min_len=1),
@@ -95,18 +97,6 @@ AUGMENTATION = {
     "name": choice("none", "mixup", "smoothing", "mixup_smoothing"),
     "mixup_alpha": NON_NEG,
     "smoothing": number(0, 1, hi_open=True),
-}
-_NOISE_COMMON = {"name": choice("none", "symmetric", "asymmetric", "pairflip", "instance",
-                                "human"),
-                 "rate": number(0, 1), "seed": SEED}
-NOISE = {
-    "none": _NOISE_COMMON,
-    "symmetric": {**_NOISE_COMMON, "include_true_class": BOOL},
-    "asymmetric": _NOISE_COMMON,
-    "pairflip": _NOISE_COMMON,
-    "instance": {**_NOISE_COMMON, "norm_std": NON_NEG},
-    "human": {**_NOISE_COMMON, "file": STR,
-              "label_set": choice("aggre", "random1", "random2", "random3", "worse")},
 }
 TRAINER = {
     "epochs": integer(1, 100_000), "batch_size": integer(2, 10_000_000),
@@ -167,15 +157,24 @@ def validate(cfg: DictConfig) -> None:
     if ds["name"] == "npz" and not ds["npz"]:
         raise ConfigError("dataset.npz", ds["npz"], "a path to an .npz archive")
     check_section("augmentation", plain["augmentation"], AUGMENTATION)
-    nz = plain["noise"]
-    name = nz.get("name")
-    _NOISE_COMMON["name"]("noise.name", name)
-    check_section("noise", nz, NOISE[name])
+    check_noise_config(plain["noise"], ds["num_classes"], ds["name"])
     check_section("trainer", plain["trainer"], TRAINER)
     lg = plain["logger"]
     LOGGER["none"]["name"]("logger.name", lg.get("name"))
     check_section("logger", lg, LOGGER[lg["name"]])
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
+    check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"]["name"])
+
+
+def check_parallel_seeds(seeds: list[int], model: str) -> None:
+    """Seeds trained together must be distinct, and the model must run under vmap."""
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("trainer.parallel_seeds", seeds, "a list of distinct seeds")
+    from src.models import vmappable
+
+    if seeds and not vmappable(model):
+        raise ConfigError("trainer.parallel_seeds", seeds, f"[] for model {model}",
+                          hint=f"{model} has no vmap rule; run its seeds as separate jobs")
 
 
 # Architectures already checked in this process: a sweep checks each once, not once per run

@@ -25,8 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from src.device import Execution
 from src.models import build_model
+from src.training.device import Execution
 
 # A handful of architectures: a model_families sweep alternates a few; more would hold GPU
 # memory for models no run needs any more.

@@ -1,8 +1,7 @@
-"""Run records on disk: atomic JSON writes, the per-epoch metrics log, the results object."""
+"""Files written so that a reader never sees half of one: atomic writes and JSON reads."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -11,18 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-RESULTS = "results.json"
-METRICS = "metrics.jsonl"
 
-
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON-safe values: NaN and infinities become null (JSON has no such numbers)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -50,7 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], Any], binary: bool = Fa
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON atomically and durably (fsync): results survive a crash or a full disk."""
-    atomic_write(path, lambda f: f.write(json.dumps(_clean(obj), indent=2) + "\n"), fsync=True)
+    atomic_write(path, lambda f: f.write(json.dumps(clean_json(obj), indent=2) + "\n"), fsync=True)
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:
@@ -61,22 +57,3 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite the whole metrics log atomically (it is small: one line per epoch)."""
-    atomic_write(path, lambda f: f.writelines(json.dumps(_clean(row)) + "\n" for row in rows))
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a metrics log (an empty list when there is none)."""
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def now_iso() -> str:
-    """The local time with its offset, to the second: the timestamps of every record."""
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")

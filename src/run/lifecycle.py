@@ -1,0 +1,296 @@
+"""One job's life, for K >= 1 members: folders, data, trainer, epochs, records, loggers.
+
+A member is one run: one configuration and seed, one run folder, one results.json. A plain job
+has one member; `trainer.parallel_seeds` gives a job K members that train together as one
+batched model (src.training.trainer.StackedTrainer). Everything else is written once here for
+both: the lock on the run folders, the records (src.run.records), divergence, evaluation,
+metrics, progress, checkpoints, the signal policy (src.run.signals) and the external loggers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.tensors import TrainData, prepare_data
+from src.files import write_json_atomic
+from src.loggers import NullLogger, make_logger
+from src.noise import noise_metrics
+from src.progress import Progress
+from src.run.identity import fingerprint, run_identity
+from src.run.lock import run_folder_lock
+from src.run.records import METRICS, RESULTS, now_iso, summarise, write_metrics
+from src.run.signals import SIGNALS
+from src.training.checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
+from src.training.device import Execution, resolve_execution
+from src.training.evaluate import classification_metrics
+from src.training.model_cache import get_model
+from src.training.trainer import EpochStats, SingleTrainer, StackedTrainer, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """One run of the job: its config, folder, results object and logger."""
+
+    cfg: DictConfig
+    run_dir: Path
+    record: dict[str, Any]
+    logger: NullLogger | None = None
+
+
+@dataclass
+class JobState:
+    """Where the job stands (what a checkpoint keeps besides the trainer)."""
+
+    epoch: int = 0
+    histories: list[list[dict[str, Any]]] = field(default_factory=list)
+    train_s: list[float] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+    eval_s: float = 0.0
+    active: list[bool] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, k: int) -> JobState:
+        return cls(0, [[] for _ in range(k)], [0.0] * k, [0] * k, 0.0, [True] * k)
+
+
+def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution,
+                   started: str) -> dict[str, Any]:
+    """The results object of a run about to train: who it is, what noise it got, where."""
+    return {"status": "running", "error": None, **run_identity(cfg, group),
+            "noise_rate_realized": noisy.realized_rate,
+            # Human noise has no requested rate: the file's rate is the rate.
+            **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
+            "device": str(ex.device), "amp": ex.amp, "started_at": started,
+            "config_fingerprint": fingerprint(cfg)}
+
+
+def job_fingerprint(cfgs: list[DictConfig]) -> str:
+    """The checkpoint's key: the run's fingerprint, or a hash of every member's."""
+    if len(cfgs) == 1:
+        return fingerprint(cfgs[0])
+    joined = ",".join(fingerprint(c) for c in cfgs).encode()
+    return hashlib.sha256(joined).hexdigest()[:16]
+
+
+def build_trainer(cfg: DictConfig, data: TrainData, ex: Execution, seeds: list[int]) -> Trainer:
+    """One model, or the members' seeds as one batched model."""
+    in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
+    if len(seeds) == 1:
+        # Seeded, built and laid out as a fresh build; a compiled run reuses this process's
+        # model of the same architecture, re-initialised (src.training.model_cache).
+        model = get_model(cfg.model, in_shape, data.num_classes, ex, seeds[0],
+                          reuse=bool(cfg.trainer.compile))
+        return SingleTrainer(model, data, cfg.trainer, cfg.augmentation, ex, seeds[0])
+    return StackedTrainer(cfg.model, in_shape, data, cfg.trainer, cfg.augmentation, ex, seeds)
+
+
+def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
+            ) -> list[dict[str, Any]]:
+    """Train the members (configs that differ only in the seed); return each results object."""
+    members = [Member(c, Path(c.paths.run_dir), {}) for c in cfgs]
+    dirs = [m.run_dir for m in members]
+    with run_folder_lock(dirs):
+        started = now_iso()
+        # Bad devices, missing files and noise that does not fit the data raise ConfigError
+        # here, before a results.json exists that analysis could take for a run.
+        ex = resolve_execution(cfgs[0].trainer, spread)
+        data, noisy = prepare_data(cfgs[0], ex.device, ex.channels_last, dirs)
+        for m in members:
+            m.record = results_header(m.cfg, group, noisy, ex, started)
+            # The exact config of these results, beside them (Hydra's .hydra/ is rewritten
+            # on reruns).
+            OmegaConf.save(m.cfg, m.run_dir / "config.yaml", resolve=True)
+        state = JobState.fresh(len(members))
+        try:
+            trainer = build_trainer(cfgs[0], data, ex, [int(c.trainer.seed) for c in cfgs])
+            state = _resume(cfgs, trainer, dirs[0], state)
+            if len(members) == 1:  # one open W&B run at a time: live for a single member
+                resumed = state.epoch > 0 or trainer.epoch_state is not None
+                members[0].logger = _open_logger(members[0], group, resumed)
+            _fit(cfgs, members, trainer, data, state)
+            if all(m.record["status"] != "running" for m in members) and \
+                    not cfgs[0].trainer.keep_checkpoint:
+                remove_checkpoints(dirs[0])
+        except BaseException as err:
+            status = "failed" if isinstance(err, Exception) else "interrupted"
+            for m in members:
+                if m.record["status"] == "running":
+                    m.record["status"], m.record["error"] = status, f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            for m, history in zip(members, state.histories):
+                m.record.update(summarise(history))
+                m.record["epochs_done"] = history[-1]["epoch"] if history else 0
+                m.record["finished_at"] = now_iso()
+                write_json_atomic(m.run_dir / RESULTS, m.record)
+                _close_logger(m, group, history)
+    return [m.record for m in members]
+
+
+def _resume(cfgs: list[DictConfig], trainer: Trainer, ckpt_dir: Path,
+            state: JobState) -> JobState:
+    """Continue from the job's checkpoint when there is a good one, else start fresh."""
+    ckpt = load_checkpoint(ckpt_dir, job_fingerprint(cfgs))
+    if ckpt is None:
+        return state
+    try:
+        trainer.load_state_dict(ckpt["trainer"])
+        state = JobState(**ckpt["job"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:  # another format
+        log.warning("checkpoint in %s does not fit this trainer (%s); starting over",
+                    ckpt_dir, err)
+        return JobState.fresh(len(cfgs))
+    for c, history in zip(cfgs, state.histories):  # drop epochs logged after the checkpoint
+        write_metrics(Path(c.paths.run_dir) / METRICS, history)
+    log.info("resuming %s after epoch %d%s", ckpt_dir, state.epoch,
+             " (inside the next epoch)" if trainer.epoch_state else "")
+    return state
+
+
+def _checkpoint(cfgs: list[DictConfig], trainer: Trainer, state: JobState) -> None:
+    save_checkpoint(Path(cfgs[0].paths.run_dir), {
+        "fingerprint": job_fingerprint(cfgs), "trainer": trainer.state_dict(),
+        "job": asdict(state)})
+
+
+def evaluate_members(trainer: Trainer, data: TrainData, members: list[int]
+                     ) -> dict[int, dict[str, Any]]:
+    """Test metrics, noisy-validation metrics and what each member does with the noisy labels.
+
+    Each split is predicted once for all members (one batched call for stacked members).
+    """
+    rows: dict[int, dict[str, Any]] = {k: {} for k in members}
+    test = trainer.predict(data.test.x)
+    val = trainer.predict(data.val.x) if data.val is not None else None
+    train_pred = trainer.predict(data.train.x).argmax(-1).cpu().numpy()
+    given, true = data.train.y.cpu().numpy(), data.y_true.cpu().numpy()
+    for k in members:
+        rows[k].update({f"test_{n}": v for n, v in
+                        classification_metrics(test[k], data.test.y).items()})
+        if val is not None:
+            metrics = classification_metrics(val[k], data.val.y)
+            rows[k]["val_loss"], rows[k]["val_acc"] = metrics["loss"], metrics["acc"]
+        rows[k].update(noise_metrics(train_pred[k], given, true))
+    return rows
+
+
+def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: TrainData,
+         state: JobState) -> None:
+    """The epoch loop: train, evaluate when due, record, checkpoint; a member whose loss is
+    not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
+    tcfg = cfgs[0].trainer
+    epochs, every, ckpt_every = int(tcfg.epochs), int(tcfg.eval_every), int(tcfg.checkpoint_every)
+    desc = cfgs[0].task_name if len(members) == 1 else f"{cfgs[0].task_name} x{len(members)}"
+    with Progress(tcfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
+                  batch_size=trainer.batch_size * len(members)) as progress, \
+            SIGNALS.deferred():
+        for epoch in range(state.epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            progress.start_epoch(epoch)
+            stats = trainer.train_epoch(SIGNALS, on_step=progress.step)
+            if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
+                _checkpoint(cfgs, trainer, state)
+                SIGNALS.raise_if_requested()
+            _record_training(members, stats, state, epoch)
+            if (epoch % every == 0 or epoch == epochs) and any(state.active):
+                _record_evaluation(members, trainer, data, stats, state, epoch, t0, progress)
+            state.epoch = epoch
+            last = epoch == epochs
+            if (ckpt_every and epoch % ckpt_every == 0 and not last) or (
+                    last and tcfg.keep_checkpoint):
+                _checkpoint(cfgs, trainer, state)
+            SIGNALS.raise_if_requested()  # a signal during evaluation: the checkpoint is current
+            if not any(state.active):
+                break
+    for k, m in enumerate(members):
+        if state.active[k]:
+            m.record["status"] = "completed"
+        m.record["train_time_s"] = state.train_s[k]
+        m.record["eval_time_s"] = state.eval_s
+        if len(members) > 1:  # their times are the job's, shared
+            m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
+        m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
+
+
+def _record_training(members: list[Member], stats: list[EpochStats], state: JobState,
+                     epoch: int) -> None:
+    """Add the epoch's time and images; a non-finite loss ends that member `diverged`."""
+    for k, st in enumerate(stats):
+        if not state.active[k]:
+            continue
+        state.train_s[k] += st.seconds
+        state.images[k] += st.images
+        if not st.finite:
+            state.active[k] = False
+            rec = members[k].record
+            rec["status"] = "diverged"
+            rec["error"] = f"non-finite training loss ({st.loss}) in epoch {epoch}"
+            log.error("run %s diverged: %s", members[k].run_dir, rec["error"])
+
+
+def _record_evaluation(members: list[Member], trainer: Trainer, data: TrainData,
+                       stats: list[EpochStats], state: JobState, epoch: int, t0: float,
+                       progress: Progress) -> None:
+    """Evaluate the active members; append, write and log each one's epoch row."""
+    active = [k for k in range(len(members)) if state.active[k]]
+    t_eval = time.perf_counter()
+    evaluated = evaluate_members(trainer, data, active)
+    state.eval_s += time.perf_counter() - t_eval
+    epoch_time = time.perf_counter() - t0
+    rows = []
+    for k in active:
+        st = stats[k]
+        row = {"epoch": epoch, "train_loss": st.loss, "train_acc": st.acc, "lr": st.lr,
+               **evaluated[k], "epoch_time_s": epoch_time,
+               "images_per_s": st.images / max(st.seconds, 1e-9)}
+        state.histories[k].append(row)
+        write_metrics(members[k].run_dir / METRICS, state.histories[k])
+        if members[k].logger is not None:
+            members[k].logger.log_epoch(row)
+        rows.append(row)
+    progress.end_epoch(_mean_row(rows))
+
+
+def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One progress line for the members: means, and the job's total images/s."""
+    if len(rows) == 1:
+        return rows[0]
+    out = {k: float(np.mean([r[k] for r in rows]))
+           for k in ("train_loss", "train_acc", "test_acc")}
+    if rows[0].get("val_acc") is not None:
+        out["val_acc"] = float(np.mean([r["val_acc"] for r in rows]))
+    return {**out, "epoch": rows[0]["epoch"],
+            "images_per_s": float(sum(r["images_per_s"] for r in rows))}
+
+
+def _open_logger(member: Member, group: str, resumed: bool) -> NullLogger:
+    cfg = member.cfg
+    return make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
+                       f"{group or cfg.task_name}/seed={cfg.trainer.seed}",
+                       str(member.run_dir), resume=resumed)
+
+
+def _close_logger(member: Member, group: str, history: list[dict[str, Any]]) -> None:
+    """Close the member's external logger (a batched member's is opened now and replayed);
+    its failure must not hide the run's own outcome."""
+    try:
+        if member.logger is None:
+            if member.record.get("status") in (None, "running"):
+                return
+            member.logger = _open_logger(member, group, resumed=False)
+            for row in history:
+                member.logger.log_epoch(row)
+        member.logger.finish({k: v for k, v in member.record.items() if v is not None},
+                             member.record["status"])
+    except Exception as err:
+        log.warning("external logger failed for %s: %s", member.run_dir, err)

@@ -1,0 +1,93 @@
+"""The optimisation of a run: optimizer, learning-rate schedule, loss scaler, and the one
+update every training loop takes (the trainer, K members at once, and the bench's bare loop)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+
+def build_optimizer(decay: list[torch.Tensor], no_decay: list[torch.Tensor],
+                    cfg: Mapping[str, Any], device: torch.device, fused: bool | None = None):
+    """SGD (momentum, Nesterov) or AdamW over two groups: weight decay on `decay` only.
+
+    `fused` defaults to CUDA only: fused kernels exist for CUDA; on CPU the foreach path is
+    the fast one. A fused optimizer gets its lr as a tensor (float64, on the CPU), which the
+    scheduler updates in place (`fill_`): the value is exactly the float's, the kernel reads
+    a CPU scalar without a device sync, and a compiled step is not specialised on it.
+    """
+    groups = [{"params": decay, "weight_decay": float(cfg["weight_decay"])},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda" if fused is None else fused
+    lr: float | torch.Tensor = float(cfg["lr"])
+    extra = {}
+    if fused:
+        extra, lr = {"fused": True}, torch.tensor(lr, dtype=torch.float64)
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
+                               nesterov=bool(cfg["nesterov"]) and float(cfg["momentum"]) > 0,
+                               **extra)
+    return torch.optim.AdamW(groups, lr=lr, **extra)
+
+
+def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
+    """The schedule as a function of the step: warm-up, then cosine, multistep or constant."""
+    total = int(cfg["epochs"]) * steps_per_epoch
+    warmup = int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)
+    epochs = int(cfg["epochs"])
+    # Milestones up to 1 are fractions of the run, larger ones are epochs.
+    milestones = [m * epochs if m <= 1 else m for m in cfg.get("milestones", [])]
+    gamma, kind = float(cfg.get("gamma", 0.1)), cfg["schedule"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "cosine":
+            t = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if kind == "multistep":
+            epoch = step / steps_per_epoch
+            return gamma ** sum(epoch >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+class Optimisation:
+    """Optimizer, schedule and scaler of one trainer, and its one update per step."""
+
+    def __init__(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor],
+                 cfg: Mapping[str, Any], device: torch.device, steps_per_epoch: int,
+                 scaler: torch.amp.GradScaler) -> None:
+        self.optimizer = build_optimizer(decay, no_decay, cfg, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(cfg, steps_per_epoch))
+        self.scaler = scaler
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward of `loss`, an optimizer step (through the fp16 scaler), the schedule's step.
+
+        K members trained together pass the sum of their losses: the sum's gradient with
+        respect to member k's parameters is member k's own gradient.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,391 @@
+"""The training loop: whole dataset on the device, batches as index gathers, no workers.
+
+A trainer trains K >= 1 members: one model (`SingleTrainer`), or K seeds of one configuration
+as one batched model (`StackedTrainer`). Both share everything but the model call: each
+member has its own generators (data order, crops, flips and Mixup permutations from a torch
+generator seeded with its seed; lambdas from numpy's), each step gathers a batch, crops, flips
+and normalises it over the whole batch, mixes it (src.mixing.mix) and takes the one update of
+src.training.optim on the smoothed cross entropy. Per-step metrics stay on the device and are
+read once per epoch, so the step never waits for the host.
+
+Stacked members (`trainer.parallel_seeds`): their parameters and buffers are stacked
+(`torch.func.stack_module_state`) and the architecture is called once per step through
+`vmap(functional_call)`, so every layer is one batched kernel instead of K small ones. BatchNorm
+keeps per-member running statistics (the stacked buffers are vmapped with the parameters). The
+loss is the sum of the K member losses, so each member's gradient is exactly its own; SGD and
+AdamW are elementwise, so one optimizer over the stacked tensors is K independent ones.
+Equality with K separate runs: data order, augmentation draws, lambdas and initial weights are
+identical; the arithmetic is not the same code path (a vmapped linear layer is a batched
+matmul, a vmapped convolution a grouped convolution, whose sums a CPU may order differently),
+so members agree with separate runs to float rounding, which training amplifies slowly. Not
+the same as separate runs either: dropout draws (one vmapped stream) and fp16 loss scaling (one
+scaler). Not supported: nn.LSTM/GRU (no vmap rule) and channels-last.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from src.augment import augment
+from src.config.options import CUDA_GRAPH_MODES
+from src.data.tensors import TrainData
+from src.mixing import lambda_weighted_hits, mix, mixup_smoothing_loss
+from src.training.device import Execution
+from src.training.model_cache import COMPILE_OPTIONS, compile_mode, compiled, fresh_model
+from src.training.optim import Optimisation
+
+
+@dataclass
+class EpochStats:
+    """One member's training loss and accuracy of one epoch, its throughput and starting lr."""
+
+    loss: float
+    acc: float
+    seconds: float
+    images: int
+    lr: float
+    finite: bool = True
+    interrupted: bool = False
+
+
+@dataclass
+class EpochState:
+    """An epoch under way: what a checkpoint keeps to resume it at the exact step."""
+
+    order: torch.Tensor  # (K, N): each member's sample order
+    lams: torch.Tensor | None  # (K, steps): each member's Mixup lambdas, None without Mixup
+    step: int
+    loss_sum: torch.Tensor  # (K,)
+    correct_sum: torch.Tensor  # (K,)
+    seconds: float
+    lr: float
+
+
+class Trainer:
+    """What every trainer shares: batches, mixing, the step, the epoch loop and its state."""
+
+    def __init__(self, data: TrainData, cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any],
+                 execution: Execution, seeds: Sequence[int]) -> None:
+        self.data, self.cfg, self.ex = data, cfg, execution
+        self.device = dev = execution.device
+        self.seeds = [int(s) for s in seeds]
+        self.alpha = float(aug_cfg["mixup_alpha"])
+        self.eps = torch.tensor(float(aug_cfg["smoothing"]), device=dev)
+        n = len(data.train)
+        self.batch_size = min(int(cfg["batch_size"]), n)
+        # Fixed batch shapes (drop the last partial batch) keep compiled kernels reusable.
+        self.steps_per_epoch = max(n // self.batch_size, 1)
+        # Every random draw of a member comes from its two generators, seeded by its seed.
+        self.gens = [torch.Generator(device=dev).manual_seed(s) for s in self.seeds]
+        self.np_rngs = [np.random.default_rng(s) for s in self.seeds]
+        self.epoch_state: EpochState | None = None
+        self.cuda_graphs = False
+
+    def _optimisation(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor]) -> None:
+        self.optim = Optimisation(decay, no_decay, self.cfg, self.device, self.steps_per_epoch,
+                                  self.ex.grad_scaler())
+
+    # ------------------------------------------------------------- what the variants supply
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-member tensors (K, ...) in the variant's shape: (...) for one model."""
+        raise NotImplementedError
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised, augmented float images of the gathered indices."""
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, N, classes) float32 logits of every member for uint8 images (N, C, H, W)."""
+        raise NotImplementedError
+
+    def _weights(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_weights(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- shared
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to normalised floats."""
+        return (x.float().div_(255) - self.data.mean) / self.data.std
+
+    @property
+    def lr(self) -> float:
+        return self.optim.lr
+
+    def begin_epoch(self) -> None:
+        """Draw each member's sample order and Mixup lambdas for the epoch."""
+        n, steps = len(self.data.train), self.steps_per_epoch
+        order = torch.stack([torch.randperm(n, generator=g, device=self.device)
+                             for g in self.gens])
+        lams = None
+        if self.alpha > 0:
+            # Drawn on the host for the whole epoch and sent once: no sync inside the step.
+            draws = np.stack([r.beta(self.alpha, self.alpha, steps) for r in self.np_rngs])
+            lams = torch.from_numpy(draws).float().to(self.device)
+        zero = torch.zeros(len(self.seeds), device=self.device)
+        self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """Step `step` of the epoch: mixed images, both label sets and lambda."""
+        st, bs = self.epoch_state, self.batch_size
+        idx = self._rows(st.order)[..., step * bs:(step + 1) * bs]
+        x = self._images(idx)
+        y = self.data.train.y[idx]
+        if st.lams is None:
+            return x, y, y, torch.ones(idx.shape[:-1], device=self.device)
+        lam = self._rows(st.lams)[..., step]
+        perm = self._rows(torch.stack([torch.randperm(bs, generator=g, device=self.device)
+                                       for g in self.gens]))
+        x, y2 = mix(x, y, lam, perm)
+        return x, y, y2, lam
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
+             lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; the detached loss and lambda-weighted hits of each member."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.ex.autocast():
+            logits = self._forward(x)
+        loss = mixup_smoothing_loss(logits, y, y2, lam, self.eps)
+        self.optim.update(loss.sum())
+        return loss.detach(), lambda_weighted_hits(logits, y, y2, lam)
+
+    def train_epoch(self, stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[], None] | None = None) -> list[EpochStats]:
+        """One pass over the training set in fixed-size shuffled batches, one EpochStats a member.
+
+        `stop` is polled between steps (a flag set by a signal handler): when it says so the
+        epoch pauses with `interrupted` set, and `epoch_state` holds what resuming needs.
+        """
+        self.train_mode()
+        if self.epoch_state is None:
+            self.begin_epoch()
+        st, steps = self.epoch_state, self.steps_per_epoch
+        start = time.perf_counter()
+        interrupted = False
+        while st.step < steps:
+            if stop is not None and stop():
+                interrupted = True
+                break
+            loss, correct = self.step(*self.batch(st.step))
+            st.loss_sum += loss
+            st.correct_sum += correct
+            st.step += 1
+            if on_step is not None:
+                on_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        st.seconds += time.perf_counter() - start
+        if interrupted:
+            return [EpochStats(math.nan, math.nan, st.seconds, 0, st.lr, interrupted=True)
+                    for _ in self.seeds]
+        self.epoch_state = None
+        images = steps * self.batch_size
+        # Divided on the host in float64: the figures do not depend on K.
+        return [EpochStats(loss / steps, correct / images, st.seconds, images, st.lr,
+                           finite=math.isfinite(loss / steps))
+                for loss, correct in zip(st.loss_sum.tolist(), st.correct_sum.tolist())]
+
+    def train_mode(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything resuming needs: weights, optimisation, every generator, a paused epoch."""
+        state = {"weights": self._weights(), "optim": self.optim.state_dict(),
+                 "gens": [g.get_state() for g in self.gens],
+                 "np_rngs": [r.bit_generator.state for r in self.np_rngs],
+                 "torch_rng": torch.get_rng_state(),  # dropout draws from the global generator
+                 "epoch_state": asdict(self.epoch_state) if self.epoch_state else None}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Put the trainer back into the state `state_dict` recorded."""
+        self._load_weights(state["weights"])
+        self.optim.load_state_dict(state["optim"])
+        for g, s in zip(self.gens, state["gens"]):
+            g.set_state(s.cpu() if self.device.type == "cpu" else s)
+        for r, s in zip(self.np_rngs, state["np_rngs"]):
+            r.bit_generator.state = s
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        ep = state.get("epoch_state")
+        if ep is not None:
+            ep = EpochState(**{k: v.to(self.device) if torch.is_tensor(v) else v
+                               for k, v in ep.items()})
+        self.epoch_state = ep
+
+
+class SingleTrainer(Trainer):
+    """One model: compiled where chosen, channels-last where chosen."""
+
+    def __init__(self, model: nn.Module, data: TrainData, cfg: Mapping[str, Any],
+                 aug_cfg: Mapping[str, Any], execution: Execution, seed: int) -> None:
+        super().__init__(data, cfg, aug_cfg, execution, [seed])
+        self.model = model
+        self._optimisation([p for p in model.parameters() if p.ndim > 1],
+                           [p for p in model.parameters() if p.ndim <= 1])
+        # Compiled once per model object (src.training.model_cache keeps the object across
+        # the runs of a sweep). Only the model is compiled: lambda, eps and lr stay outside.
+        mode = compile_mode(cfg.get("compile", False), self.device)
+        self.forward = compiled(model, mode) if mode else model
+        # CUDA graphs replay into the same output buffers: each step (and evaluation batch)
+        # tells the graph tree that the previous outputs are done with.
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t[0]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to normalised floats, channels-last where chosen."""
+        x = super().normalise(x)
+        if self.ex.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        d = self.data
+        return self.normalise(augment(d.train.x[idx], d.crop_padding, d.hflip, self.gens[0]))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        bs = int(self.cfg.get("eval_batch_size", 1024))
+        # A compiled forward is specialised to its batch shape: every evaluation batch is
+        # padded to eval_batch_size, so one eval graph serves all splits and sizes.
+        # (Evaluation is per sample, BN uses running stats: padding changes no output.)
+        pad = self.forward is not self.model
+        out = []
+        for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            n = len(xb)
+            if pad and n < bs:
+                xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with self.ex.autocast():  # .float() copies out of the graph's output buffer
+                out.append(self.forward(self.normalise(xb))[:n].float())
+        return torch.cat(out)[None]
+
+    def _weights(self) -> dict[str, Any]:
+        return self.model.state_dict()
+
+    def _load_weights(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
+
+# cuDNN's batch norm under vmap on CUDA fails twice: it asks a batched tensor for its
+# channels-last contiguity (not implemented inside vmap), and its backward wants bf16 running
+# stats under autocast. Around each BatchNorm the stacked model turns cuDNN off (PyTorch's own
+# kernel then runs, with the vmap rules) and gives BN fp32 input, as autocast's BN computes
+# in fp32 anyway; the next convolution casts back down. Compiled models decompose BN
+# themselves and need neither.
+def _bn_enter(module: nn.Module, args: tuple) -> tuple:
+    module.__dict__["_cudnn_was"] = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    return (args[0].float(),)
+
+
+def _bn_exit(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    torch.backends.cudnn.enabled = module.__dict__.pop("_cudnn_was", True)
+
+
+class StackedTrainer(Trainer):
+    """K seeds of one configuration as one vmapped model (see the module docstring)."""
+
+    def __init__(self, model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int],
+                 data: TrainData, cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any],
+                 execution: Execution, seeds: Sequence[int]) -> None:
+        ex = Execution(execution.device, execution.amp_dtype, channels_last=False)
+        super().__init__(data, cfg, aug_cfg, ex, seeds)
+        models = [fresh_model(model_cfg, in_shape, data.num_classes, ex, s) for s in self.seeds]
+        params, self.buffers = stack_module_state(models)
+        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        # The architecture without storage: functional_call supplies the stacked tensors.
+        self.base = copy.deepcopy(models[0]).to("meta")
+        if self.device.type == "cuda" and not bool(cfg.get("compile", False)):
+            for m in self.base.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(_bn_enter)
+                    m.register_forward_hook(_bn_exit)
+        # Weight decay on what is a matrix or kernel in one member (ndim > 1 there).
+        self._optimisation([p for p in self.params.values() if p.ndim > 2],
+                           [p for p in self.params.values() if p.ndim <= 2])
+        self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
+        self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
+        if bool(cfg.get("compile", False)):
+            self._train_fn = torch.compile(self._train_fn, **COMPILE_OPTIONS)
+            self._eval_fn = torch.compile(self._eval_fn, **COMPILE_OPTIONS)
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K, B, C, H, W) normalised images; crops and flips from each member's generator."""
+        d = self.data
+        # Plain NCHW: the run's data may be cached channels-last, a layout vmap cannot query.
+        x = d.train.x[idx].contiguous()
+        if d.crop_padding > 0 or d.hflip:
+            x = torch.stack([augment(x[k], d.crop_padding, d.hflip, g)
+                             for k, g in enumerate(self.gens)])
+        return self.normalise(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._train_fn(self.params, self.buffers, x)
+
+    def train_mode(self) -> None:
+        self.base.train()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.base.eval()
+        bs = int(self.cfg.get("eval_batch_size", 1024))
+        out = []
+        for i in range(0, len(x), bs):
+            xb = self.normalise(x[i:i + bs].contiguous())
+            with self.ex.autocast():
+                out.append(self._eval_fn(self.params, self.buffers, xb).float())
+        return torch.cat(out, dim=1)
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member k's weights and buffers, as its separate run's model.state_dict() has them."""
+        tensors = self.params | self.buffers
+        return {name: t[k].detach().clone() for name, t in tensors.items()}
+
+    def _weights(self) -> dict[str, Any]:
+        return {"params": {k: v.detach() for k, v in self.params.items()},
+                "buffers": dict(self.buffers)}
+
+    @torch.no_grad()
+    def _load_weights(self, state: Mapping[str, Any]) -> None:
+        for k, v in state["params"].items():
+            self.params[k].copy_(v)
+        for k, v in state["buffers"].items():
+            self.buffers[k].copy_(v)
