@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,9 +23,13 @@ def _drop(section: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """Hash of dataset, model, augmentation, noise and trainer settings; 16 hex digits."""
-    parts = {k: _drop(OmegaConf.to_container(cfg[k], resolve=True), k,
-                      EXECUTION_KEYS + LOCATION_KEYS) for k in SECTIONS}
+    """Hash of dataset, model, augmentation, noise and trainer settings and of the content of
+    every input file (not where it lies); 16 hex digits."""
+    parts: dict[str, Any] = {k: _drop(OmegaConf.to_container(cfg[k], resolve=True), k,
+                                      EXECUTION_KEYS + LOCATION_KEYS) for k in SECTIONS}
+    inputs = {k: v["hash"] for k, v in input_records(cfg).items()}
+    if inputs:  # runs that read no file keep the fingerprint they always had
+        parts["inputs"] = inputs
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -50,3 +55,78 @@ def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
         "epochs": int(cfg.trainer.epochs),
         "val_fraction": float(cfg.dataset.get("val_fraction", 0.0)),
     }
+
+
+# ------------------------------------------------------------------ settings and inputs
+
+REPLICATES = ("trainer.seed", "noise.seed")  # recorded as `seed` and `noise_seed`
+
+
+def flat_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Every setting that changes a run's numbers, as dotted keys (results.json `config`):
+    the five sections without execution, location and replicate keys."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        elif prefix not in EXECUTION_KEYS + LOCATION_KEYS + REPLICATES:
+            out[prefix] = value
+
+    for section in SECTIONS:
+        walk(section, OmegaConf.to_container(cfg[section], resolve=True))
+    return out
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b of a file's whole content, cached per process by (path, size, mtime): a sweep
+    hashes each archive once, and a file changed in place is hashed again."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def folder_digest(folder: Path) -> tuple[int, str]:
+    """Total size and one hash over every file under `folder` (names and contents)."""
+    h, size = hashlib.blake2b(digest_size=16), 0
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode() + file_digest(p).encode())
+        size += p.stat().st_size
+    return size, h.hexdigest()
+
+
+def input_files(cfg: DictConfig) -> dict[str, Path]:
+    """The files a run reads, by the config key that names them."""
+    out: dict[str, Path] = {}
+    if cfg.dataset.get("npz"):
+        out["dataset.npz"] = Path(str(cfg.dataset.npz)).expanduser()
+    elif cfg.dataset.get("root") and cfg.dataset.name not in ("digits", "npz"):
+        out["dataset.root"] = Path(str(cfg.dataset.root)).expanduser()
+    if cfg.noise.name == "human" and cfg.noise.get("file"):
+        out["noise.file"] = Path(str(cfg.noise.file)).expanduser()
+    return out
+
+
+def input_records(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Path, size and content hash of every input file (results.json `inputs`); a file that
+    is not there has no hash (loading it fails with its own error)."""
+    out = {}
+    for key, path in input_files(cfg).items():
+        if path.is_file():
+            size, digest = path.stat().st_size, file_digest(path)
+        elif path.is_dir():
+            size, digest = folder_digest(path)
+        else:
+            size, digest = None, None
+        out[key] = {"path": str(path), "size": size, "hash": digest}
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,13 +25,17 @@ from src.files import write_json_atomic
 from src.loggers import NullLogger, make_logger
 from src.noise import noise_metrics
 from src.progress import Progress
-from src.run.identity import fingerprint, run_identity
+from src.run.identity import fingerprint, flat_settings, input_records, run_identity
 from src.run.lock import run_folder_lock
 from src.run.records import METRICS, RESULTS, now_iso, summarise, write_metrics
 from src.run.signals import SIGNALS
 from src.training.checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
 from src.training.device import Execution, resolve_execution
-from src.training.evaluate import classification_metrics
+from src.training.evaluate import (
+    calibration_metrics,
+    classification_metrics,
+    temperature_scaled_ece,
+)
 from src.training.model_cache import get_model
 from src.training.trainer import EpochStats, SingleTrainer, StackedTrainer, Trainer
 
@@ -71,7 +76,8 @@ def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution,
             # Human noise has no requested rate: the file's rate is the rate.
             **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
             "device": str(ex.device), "amp": ex.amp, "started_at": started,
-            "config_fingerprint": fingerprint(cfg)}
+            "config_fingerprint": fingerprint(cfg), "inputs": input_records(cfg),
+            "config": flat_settings(cfg)}
 
 
 def job_fingerprint(cfgs: list[DictConfig]) -> str:
@@ -163,9 +169,11 @@ def _checkpoint(cfgs: list[DictConfig], trainer: Trainer, state: JobState) -> No
         "job": asdict(state)})
 
 
-def evaluate_members(trainer: Trainer, data: TrainData, members: list[int]
-                     ) -> dict[int, dict[str, Any]]:
-    """Test metrics, noisy-validation metrics and what each member does with the noisy labels.
+def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
+                     final: bool = False) -> dict[int, dict[str, Any]]:
+    """Test metrics (with calibration), noisy-validation metrics and what each member does
+    with the noisy labels; on the `final` evaluation also the test ECE after temperature
+    scaling fitted on the validation split.
 
     Each split is predicted once for all members (one batched call for stacked members).
     """
@@ -177,10 +185,15 @@ def evaluate_members(trainer: Trainer, data: TrainData, members: list[int]
     for k in members:
         rows[k].update({f"test_{n}": v for n, v in
                         classification_metrics(test[k], data.test.y).items()})
+        rows[k].update({f"test_{n}": v for n, v in
+                        calibration_metrics(test[k], data.test.y).items()})
         if val is not None:
             metrics = classification_metrics(val[k], data.val.y)
             rows[k]["val_loss"], rows[k]["val_acc"] = metrics["loss"], metrics["acc"]
         rows[k].update(noise_metrics(train_pred[k], given, true))
+        if final and val is not None:
+            ts = temperature_scaled_ece(test[k], data.test.y, val[k], data.val.y)
+            rows[k]["test_ece_ts"], rows[k]["temperature"] = ts["ece_ts"], ts["temperature"]
     return rows
 
 
@@ -201,7 +214,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
                 _checkpoint(cfgs, trainer, state)
                 SIGNALS.raise_if_requested()
-            _record_training(members, stats, state, epoch)
+            _record_training(members, stats, state, epoch, data)
             if (epoch % every == 0 or epoch == epochs) and any(state.active):
                 _record_evaluation(members, trainer, data, stats, state, epoch, t0, progress)
             state.epoch = epoch
@@ -222,20 +235,46 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
 
 
+# A loss this far above a uniform guess's (log K) has exploded: no soft target of the suite
+# (smoothed, mixed, or with negative smoothing) makes a learning model's loss reach it.
+EXPLODED_LOSS = 100.0
+# After this many epochs a model still at chance on its training labels is not learning.
+CHANCE_EPOCHS = 3
+
+
+def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: bool
+               ) -> str | None:
+    """Why a member's epoch says it diverged (non-finite or exploded loss, training accuracy
+    still at chance after CHANCE_EPOCHS epochs), or None."""
+    if not st.finite:
+        return f"non-finite training loss ({st.loss}) in epoch {epoch}"
+    bound = EXPLODED_LOSS * math.log(num_classes)
+    if st.loss > bound:
+        return f"training loss {st.loss:.4g} above {bound:.4g} (100 x log K) in epoch {epoch}"
+    if labels_learnable and epoch >= CHANCE_EPOCHS and st.acc <= 1 / num_classes + 0.01:
+        return (f"training accuracy {st.acc:.4f} still at chance (1/K = {1 / num_classes:.4f})"
+                f" after {epoch} epochs")
+    return None
+
+
 def _record_training(members: list[Member], stats: list[EpochStats], state: JobState,
-                     epoch: int) -> None:
-    """Add the epoch's time and images; a non-finite loss ends that member `diverged`."""
+                     epoch: int, data: TrainData) -> None:
+    """Add the epoch's time and images; a diverged member (see `divergence`) ends `diverged`."""
+    k_classes = data.num_classes
+    # Labels a model can fit beyond chance: not (close to) uniformly random.
+    noise = float(members[0].record.get("noise_rate_realized") or 0.0)
+    learnable = noise <= 0.8 * (k_classes - 1) / k_classes
     for k, st in enumerate(stats):
         if not state.active[k]:
             continue
         state.train_s[k] += st.seconds
         state.images[k] += st.images
-        if not st.finite:
+        why = divergence(st, epoch, k_classes, learnable)
+        if why is not None:
             state.active[k] = False
             rec = members[k].record
-            rec["status"] = "diverged"
-            rec["error"] = f"non-finite training loss ({st.loss}) in epoch {epoch}"
-            log.error("run %s diverged: %s", members[k].run_dir, rec["error"])
+            rec["status"], rec["error"] = "diverged", why
+            log.error("run %s diverged: %s", members[k].run_dir, why)
 
 
 def _record_evaluation(members: list[Member], trainer: Trainer, data: TrainData,
@@ -244,7 +283,8 @@ def _record_evaluation(members: list[Member], trainer: Trainer, data: TrainData,
     """Evaluate the active members; append, write and log each one's epoch row."""
     active = [k for k in range(len(members)) if state.active[k]]
     t_eval = time.perf_counter()
-    evaluated = evaluate_members(trainer, data, active)
+    evaluated = evaluate_members(trainer, data, active, final=epoch == int(
+        members[0].cfg.trainer.epochs))
     state.eval_s += time.perf_counter() - t_eval
     epoch_time = time.perf_counter() - t0
     rows = []

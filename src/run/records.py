@@ -53,7 +53,12 @@ IDENTITY_FIELDS: tuple[Field, ...] = (
     Field("device", "str", "where the run executed"),
     Field("amp", "str", "autocast precision: bf16, fp16 or off"),
     Field("started_at", "str", "ISO 8601 start time"),
-    Field("config_fingerprint", "str", "hash of the settings that define the numbers"),
+    Field("config_fingerprint", "str", "hash of the settings that define the numbers and of "
+          "the content of every input file"),
+    Field("inputs", "object", "every input file by the config key naming it: {path, size, "
+          "hash} (BLAKE2b of the content; a folder: of every file in it)"),
+    Field("config", "object", "every setting that changes the numbers, as dotted keys "
+          "(trainer.lr, model.channels, ...); not the seeds, device, logging or paths"),
 )
 TIMING_FIELDS: tuple[Field, ...] = (
     Field("train_time_s", "float", "seconds spent in training steps"),
@@ -74,6 +79,15 @@ SUMMARY_FIELDS: tuple[Field, ...] = (
     Field("best_val_acc", "float or null", "best accuracy on the noisy validation split"),
     Field("test_acc_at_best_val", "float or null", "test accuracy at the epoch of "
           "best_val_acc"),
+    Field("final_test_nll", "float", "test negative log-likelihood at the last epoch (the "
+          "cross entropy of final_test_loss)"),
+    Field("final_test_brier", "float", "test Brier score at the last epoch"),
+    Field("final_test_ece_over", "float", "the over-confident part of final_test_ece (bins "
+          "where confidence exceeds accuracy)"),
+    Field("final_test_ece_under", "float", "the under-confident part of final_test_ece"),
+    Field("final_test_ece_ts", "float or null", "test ECE after temperature scaling fitted "
+          "on the noisy validation split (null without one)"),
+    Field("final_temperature", "float or null", "that temperature"),
 )
 CLOSING_FIELDS: tuple[Field, ...] = (
     Field("epochs_done", "int", "epochs actually trained"),
@@ -88,9 +102,9 @@ RESULT_FIELDS: tuple[Field, ...] = (IDENTITY_FIELDS + TIMING_FIELDS + SUMMARY_FI
                                    + CLOSING_FIELDS + OPTIONAL_FIELDS)
 # The per-epoch keys of metrics.jsonl.
 EPOCH_FIELDS: tuple[str, ...] = (
-    "epoch", "train_loss", "train_acc", "lr", "test_loss", "test_acc", "test_ece", "val_loss",
-    "val_acc", "train_acc_clean_subset", "memorized", "recovered", "epoch_time_s",
-    "images_per_s",
+    "epoch", "train_loss", "train_acc", "lr", "test_loss", "test_acc", "test_ece", "test_brier",
+    "test_ece_over", "test_ece_under", "val_loss", "val_acc", "train_acc_clean_subset",
+    "memorized", "recovered", "test_ece_ts", "temperature", "epoch_time_s", "images_per_s",
 )
 
 
@@ -105,7 +119,11 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
         "best_epoch": best["epoch"], "final_test_loss": last["test_loss"],
         "final_test_ece": last["test_ece"], "final_memorized": last.get("memorized"),
         "final_recovered": last.get("recovered"), "best_val_acc": None,
-        "test_acc_at_best_val": None,
+        "test_acc_at_best_val": None, "final_test_nll": last["test_loss"],
+        "final_test_brier": last.get("test_brier"), "final_test_ece_over":
+        last.get("test_ece_over"), "final_test_ece_under": last.get("test_ece_under"),
+        "final_test_ece_ts": last.get("test_ece_ts"), "final_temperature":
+        last.get("temperature"),
     }
     with_val = [r for r in history if r.get("val_acc") is not None]
     if with_val:

@@ -1,0 +1,42 @@
+"""The results contract is written once (src.run.records) and everything else follows it:
+the documentation, what a run writes, and the analysis's metric names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from analysis.schema import METRICS
+from src.files import read_json
+from src.run.records import EPOCH_FIELDS, OPTIONAL_FIELDS, RESULT_FIELDS, read_metrics
+from src.train import train
+from tests.conftest import ROOT, TINY, make_cfg
+
+DOC = (ROOT / "docs" / "results.md").read_text()
+
+
+def documented_result_keys() -> list[str]:
+    section = DOC.split("## `results.json`")[1].split("## ")[0]
+    return re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+
+
+def test_the_documented_fields_are_the_contract():
+    assert documented_result_keys() == [f.name for f in RESULT_FIELDS]
+    section = DOC.split("## `metrics.jsonl`")[1].split("## ")[0]
+    assert re.findall(r"`([a-z_]+)`", section)[:len(EPOCH_FIELDS)] == list(EPOCH_FIELDS)
+
+
+def test_a_run_writes_exactly_the_contract(tmp_path: Path):
+    cfg = make_cfg(TINY + ["dataset.val_fraction=0.2"], run_dir=tmp_path)
+    train(cfg)
+    written = read_json(tmp_path / "results.json")
+    expected = [f.name for f in RESULT_FIELDS if f not in OPTIONAL_FIELDS]
+    assert list(written) == expected
+    for row in read_metrics(tmp_path / "metrics.jsonl"):
+        assert set(row) <= set(EPOCH_FIELDS)
+    assert {"test_ece_ts", "temperature"} <= set(row)  # the last epoch has them
+
+
+def test_every_aggregated_metric_is_a_result_field():
+    names = {f.name for f in RESULT_FIELDS}
+    assert set(METRICS) <= names, set(METRICS) - names
