@@ -80,4 +80,4 @@ venv-path: ## Print the environment's folder
 	@echo $(VENV)
 
 bench: $(STAMP) ## Time training step and epoch vs the reference loop (ARGS="--dataset digits")
-	$(PY) -m src.bench $(ARGS)
+	$(PY) -m src.tools.bench $(ARGS)

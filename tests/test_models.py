@@ -64,7 +64,7 @@ def test_num_classes_and_channels_last(name: str) -> None:
 
 
 def test_builds_on_meta_device() -> None:
-    # src/validate.py checks configs this way: no memory, no compute.
+    # src/config/validate.py checks configs this way: no memory, no compute.
     with torch.device("meta"):
         for name in MODELS:
             model = build_model(small(name), (1, 28, 28), 7)
@@ -369,8 +369,8 @@ def vmap_models(name: str, train: bool) -> list[torch.nn.Module]:
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(("name", "stage"), [s for s in stages() if vmappable(s[0])])
 def test_vmapped_copies_match_separate_calls(name: str, stage: str, train: bool) -> None:
-    # How src.multiseed trains several seeds: stacked parameters and buffers, one base
-    # module on the meta device, vmap over functional_call; the mixer per copy.
+    # How src.training.trainer.StackedTrainer trains several seeds: stacked parameters and
+    # buffers, one base module on the meta device, vmap over functional_call; a mixer per copy.
     models = vmap_models(name, train)
     params, buffers = stack_module_state(models)
     base = vmap_models(name, train)[0].to("meta")

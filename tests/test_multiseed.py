@@ -2,7 +2,8 @@
 separately within a tight float tolerance: batched and separate kernels are different code
 paths (a vmapped linear layer is a batched matmul, a vmapped convolution one grouped
 convolution), and which kernel a CPU picks, hence the order of its sums, differs between
-machines (AVX-512 or not). Bit-for-bit equality is promised only for the same code path run twice (resume, rerun), and tested there.
+machines (AVX-512 or not). Bit-for-bit equality is promised only for the same code path run
+twice (resume, rerun), and tested there.
 The job writes one normal run directory per seed."""
 
 from __future__ import annotations

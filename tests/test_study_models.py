@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
-from src.config.validate import validate
 
+from src.config.validate import validate
 from src.models import MODELS
 from tests.conftest import CONF, make_cfg
 from tests.test_models import SMALL

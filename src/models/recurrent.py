@@ -26,7 +26,7 @@ class RowRecurrent(nn.Module):
     # the head reads.
     MIX_LAYERS: tuple[str, ...] = (INPUT, "features")
     # nn.LSTM and nn.GRU have no vmap rule, so their seeds cannot be trained as one batched
-    # model (src.multiseed).
+    # model (src.training.trainer.StackedTrainer).
     VMAPPABLE: ClassVar[bool] = False
 
     def __init__(

@@ -12,7 +12,8 @@ transformer) and timm.
 
 Attention is written out (softmax(QK^T / sqrt(d)) V) rather than taken from
 nn.MultiheadAttention or scaled_dot_product_attention: plain matmuls have vmap rules, so
-several seeds train as one batched model (src.multiseed), and at these sizes (<= 257 tokens)
+several seeds train as one batched model (src.training.trainer.StackedTrainer), and at
+these sizes (<= 257 tokens)
 a fused kernel saves little.
 """
 

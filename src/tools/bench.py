@@ -18,7 +18,8 @@ Everything runs in one process on the same model architecture, data and device:
   transforms, fp32, `.item()` per batch) on a fresh fp32 model of the same architecture.
   `speedup_vs_reference` = suite images/s over reference images/s.
 * `multiseed_epoch` (with `--parallel-seeds K`): K seeds trained as one batched model
-  (src.multiseed); `multiseed_speedup` = its images/s over the single-seed suite's.
+  (src.training.trainer.StackedTrainer); `multiseed_speedup` = its images/s over the
+  single-seed suite's.
 
 Each measurement runs `--warmup` times untimed (compilation, allocator and cuDNN warm-up),
 then `--repeats` times; the table and the JSON give the median. Wall time is taken on a
@@ -59,7 +60,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -75,9 +75,9 @@ from omegaconf import DictConfig, OmegaConf
 from src.config.options import AMP_CHOICES, COMPILE_MODES
 from src.data.tensors import Split, TrainData, normalisation
 from src.errors import ConfigError
-from src.files import write_json_atomic
 from src.models import build_model
 from src.run.records import now_iso
+from src.tools.report import machine, print_fields, write_report
 from src.training.device import Execution, resolve_device, resolve_execution
 from src.training.model_cache import compile_mode, get_model
 from src.training.trainer import SingleTrainer, StackedTrainer, Trainer
@@ -329,15 +329,6 @@ def summarise(rows: dict[str, dict[str, Any]], flops: dict[str, float], peak: fl
     }
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    """Where it ran."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "device_name": name}
-
-
 def print_table(report: dict[str, Any]) -> None:
     """The results as a fixed-width table, then the summary ratios."""
     cfg = report["config"]
@@ -352,19 +343,6 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{r['name']:18s} {r['seconds']:10.5f} {dev:>10s} {r['images']:8d} "
               f"{r['images_per_s']:10.0f}")
     print_fields(report["summary"])
-
-
-def print_fields(fields: dict[str, Any], keys: Any = None) -> None:
-    """One `name value` line per field (floats to 4 significant digits)."""
-    for k in keys or fields:
-        v = fields[k]
-        print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
-
-
-def write_report(report: dict[str, Any], out: str | Path) -> None:
-    """The report as JSON at `out` (atomically), and where it went."""
-    write_json_atomic(out, report)
-    print(f"written: {out}")
 
 
 # ---------------------------------------------------------------- entry
@@ -402,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the speed-up is against the fastest")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--parallel-seeds", type=int, default=0, metavar="K",
-                   help="also time K seeds as one batched model (src.multiseed)")
+                   help="also time K seeds as one batched model (StackedTrainer)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak for the FLOP floor (default 800 on CUDA: H100-class dense bf16)")
     p.add_argument("--out", default="outputs/bench/bench.json")

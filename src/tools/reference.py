@@ -10,7 +10,7 @@ batch, label smoothing through `nn.CrossEntropyLoss(label_smoothing=eps)` (smoot
 so lam * CE_eps(y_a) + (1 - lam) * CE_eps(y_b) is the suite's loss), plain fp32 SGD with
 momentum 0.9 and weight decay 1e-4, and a host read of the loss and of the hits every batch.
 
-How fast: see the README's Performance section (measured by `python -m src.bench`).
+How fast: see the README's Performance section (measured by `python -m src.tools.bench`).
 """
 
 from __future__ import annotations

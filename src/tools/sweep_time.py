@@ -1,8 +1,8 @@
 """Where a sweep's wall time goes: training and evaluation against everything else.
 
-    python -m src.sweep_time                          # 24 one-epoch digits runs
-    python -m src.sweep_time trainer.epochs=15        # any override; a grid axis replaces ours
-    python -m src.sweep_time "trainer.parallel_seeds=[0,1,2]" trainer.seed=0
+    python -m src.tools.sweep_time                          # 24 one-epoch digits runs
+    python -m src.tools.sweep_time trainer.epochs=15  # any override; a grid axis replaces ours
+    python -m src.tools.sweep_time "trainer.parallel_seeds=[0,1,2]" trainer.seed=0
 
 It runs `python -m src.train -m GRID OVERRIDES` in a new process with Hydra's default launcher
 (one process, jobs one after another), writing into a temporary folder (or `--dir`), and times
@@ -18,7 +18,7 @@ dataset (digits) and model (cnn): 4 x 2 x 3 = 24 runs.
 Printed, and written as JSON to `--out` (default outputs/bench/sweep_time.json): `command`
 (the sweep's), `runs` (results found), `completed`, `wall_s`, `train_s`, `eval_s`,
 `outside_s` (wall - train - eval), `outside_fraction` (outside_s / wall_s), `per_run_outside_s`,
-`created_at` and `machine` (as src.bench writes it).
+`created_at` and `machine` (as src.tools.bench writes it).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def measure(overrides: list[str], sweep_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, run the sweep, print and write the accounting."""
-    p = argparse.ArgumentParser(prog="python -m src.sweep_time",
+    p = argparse.ArgumentParser(prog="python -m src.tools.sweep_time",
                                 description=__doc__.split("\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the sweep")
     p.add_argument("--dir", default=None, help="sweep folder (default: a temporary one)")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report = measure(args.overrides, Path(args.dir or tmp).resolve())
     import torch
 
-    from src.tools.bench import machine, print_fields, write_report
+    from src.tools.report import machine, print_fields, write_report
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # trainer.device=auto
     report = {"created_at": now_iso(),
