@@ -60,6 +60,7 @@ def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[s
     "runs": each seed's results object}.
     """
     validate(cfg)
+    check_data(cfg)
     members = member_configs(cfg)
     done = [completed_results(m) for m in members]
     todo = [m for m, d in zip(members, done) if d is None]
@@ -74,21 +75,56 @@ def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[s
     return {"final_test_acc": sum(accs) / len(accs) if accs else None, "runs": done}
 
 
+def check_data(cfg: DictConfig) -> None:
+    """The archive is readable and what the config declares, and the training split that the
+    validation split leaves holds a batch: checked before any folder or record is written."""
+    from src.data.arrays import load_arrays  # cached: a sweep reads each archive once
+
+    n = len(load_arrays(cfg.dataset).y_train)
+    frac, batch = float(cfg.dataset.val_fraction), int(cfg.trainer.batch_size)
+    left = n - int(round(frac * n))
+    if frac > 0 and left < min(batch, n):
+        most = max((n - batch) / n, 0.0)
+        raise ConfigError("dataset.val_fraction", frac, f"at most {most:.4f}, so that the "
+                          f"training split keeps one batch of trainer.batch_size={batch}",
+                          hint=f"{n} training images would leave {left}")
+
+
 def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
-    """With skip_completed, the results of this config's completed run in its directory
-    (None when there is none); a completed run of another config there is an error."""
+    """With skip_completed, the results of this config's completed run in its folder (None
+    when there is none to skip). A completed or interrupted run of another config (or of
+    another input file) in the folder is refused: its records and checkpoint are kept. With
+    skip_completed=false the folder's previous run is replaced: trained again from scratch."""
     run_dir = Path(cfg.paths.run_dir)
     done = read_json(run_dir / RESULTS)
-    if not (cfg.skip_completed and done and done.get("status") == "completed"):
+    if not done:
         return None
-    if done.get("config_fingerprint") != fingerprint(cfg):
-        # results.json and config.yaml beside it still describe the run that produced them,
-        # and they are kept as they are.
-        raise ConfigError("skip_completed", True, "false to overwrite, or another sweep "
-                          "folder", hint=f"{run_dir} holds a completed run of a different "
-                          "configuration (see its config.yaml)")
-    log.info("skipping %s: results.json says completed", run_dir)
-    return done
+    if not cfg.skip_completed:
+        from src.training.checkpoint import remove_checkpoints
+
+        remove_checkpoints(run_dir)  # asked to overwrite: never resume the old run
+        return None
+    same = done.get("config_fingerprint") == fingerprint(cfg)
+    status = done.get("status")
+    if status == "completed" and same:
+        log.info("skipping %s: results.json says completed", run_dir)
+        return done
+    if not same:
+        raise ConfigError("skip_completed", True, "false to overwrite it, or another sweep "
+                          "folder", hint=f"{run_dir} holds a{'n' if status != 'completed' else ''}"
+                          f" {status} run of a different configuration{_changed_inputs(cfg, done)}"
+                          " (see its config.yaml); it is kept as it is")
+    return None
+
+
+def _changed_inputs(cfg: DictConfig, done: dict[str, Any]) -> str:
+    """', input X changed' for each input file whose content differs from the recorded one."""
+    from src.run.identity import input_records
+
+    before = done.get("inputs") or {}
+    changed = [k for k, v in input_records(cfg).items()
+               if k in before and before[k].get("hash") != v["hash"]]
+    return "".join(f": the content of {k} changed" for k in changed)
 
 
 def parallel_job_number() -> int | None:

@@ -7,6 +7,8 @@ the value and what is allowed (src.errors.ConfigError).
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +53,14 @@ def integer(lo: int, hi: float = float("inf")) -> Rule:
 
 
 def number(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Rule:
+    """A finite number in the interval (infinity and NaN are never a setting)."""
     def check(v: Any) -> bool:
-        return _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    text = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        return (_is_num(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo)
+                and (v < hi if hi_open else v <= hi))
+    if hi == float("inf"):
+        text = f"a finite number {'>' if lo_open else '>='} {lo}"
+    else:
+        text = f"a finite number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     return Rule(check, text)
 
 
@@ -87,16 +94,43 @@ DATASET = {
     "num_classes": integer(2, 100_000),
     "image_shape": list_of(integer(1, 100_000), exact=3),
     "mean": list_of(number(0, 1), min_len=1),
-    "std": list_of(number(0, float("inf"), lo_open=True), min_len=1),
+    # Pixels are scaled to [0, 1] before normalising: a std outside this range cannot be a
+    # dataset's, and a tiny one (1e-45) overflows the normalised images to infinity.
+    "std": list_of(number(0.001, 10), min_len=1),
     "root": OPT_STR, "npz": OPT_STR, "download": BOOL,
     "augment": {"crop_padding": integer(0, 64), "hflip": BOOL},
     "val_fraction": number(0, 1, hi_open=True),
     "val_seed": SEED,
 }
+def _finite(v: Any) -> bool:
+    """A number that is neither infinite nor NaN (the one value unequal to itself)."""
+    return _is_num(v) and v == v and abs(v) != float("inf")
+
+
+def _box_fractions(v: Any) -> bool:
+    return v is None or (isinstance(v, (list, tuple)) and len(v) == 2
+                         and all(_finite(f) for f in v) and 0 < v[0] < v[1] <= 1)
+
+
+# The augmentation schema: Mixup, CutMix and their settings as timm's Mixup has them
+# (src.mixing), and label smoothing with any eps < 1 (Wei et al. 2022: negative eps included).
 AUGMENTATION = {
-    "name": choice("none", "mixup", "smoothing", "mixup_smoothing"),
-    "mixup_alpha": NON_NEG,
-    "smoothing": number(0, 1, hi_open=True),
+    "name": choice("none", "mixup", "smoothing", "mixup_smoothing", "cutmix", "mixup_cutmix",
+                   "manifold_mixup"),
+    "mixup_alpha": Rule(lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0 = off)"),
+    "smoothing": Rule(lambda v: _finite(v) and v < 1,
+                      "a finite number < 1 (0 = off; negative: negative label smoothing)"),
+    "smoothing_to": choice("all", "others"),
+    "smoothing_start_epoch": integer(0),
+    "cutmix_alpha": Rule(lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0 = off)"),
+    "cutmix_minmax": Rule(_box_fractions, "null or an ordered pair [min, max] of box side "
+                          "fractions, 0 < min < max <= 1"),
+    "correct_lam": BOOL,
+    "mix_prob": Rule(lambda v: _finite(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    "switch_prob": Rule(lambda v: _finite(v) and 0 <= v <= 1, "a probability in [0, 1]"),
+    "mix_mode": choice("batch", "pair", "elem"),
+    "pairing": choice("permutation", "flip"),
+    "mix_layer": STR,
 }
 TRAINER = {
     "epochs": integer(1, 100_000), "batch_size": integer(2, 10_000_000),
@@ -112,15 +146,28 @@ TRAINER = {
     "checkpoint_every": integer(0), "keep_checkpoint": BOOL,
     "parallel_seeds": list_of(SEED),
 }
+_WANDB_FORBIDDEN = "/\\#?%:"
+# The root config's groups (checked section by section).
+GROUPS = ("dataset", "model", "augmentation", "noise", "trainer", "logger", "paths")
 LOGGER = {
     "none": {"name": choice("none", "wandb")},
-    "wandb": {"name": choice("none", "wandb"), "project": STR, "entity": OPT_STR,
+    "wandb": {"name": choice("none", "wandb"),
+              # W&B refuses these characters in a project name (after data preparation).
+              "project": Rule(lambda v: isinstance(v, str) and 0 < len(v) <= 128
+                              and not set(v) & set(_WANDB_FORBIDDEN),
+                              f"a W&B project name: 1-128 characters, none of "
+                              f"{' '.join(_WANDB_FORBIDDEN)}"), "entity": OPT_STR,
               "group": Rule(lambda v: isinstance(v, str), "a string"),
               "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
               "mode": choice(*WANDB_MODES), "dir": OPT_STR,
               "init_timeout": POSITIVE},
 }
-ROOT = {"task_name": STR, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
+# task_name names the study's folder under paths.output_dir: one plain name, never a path.
+NAME = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v)
+            is not None and ".." not in v,
+            "a plain name of letters, digits, '_', '.' and '-' (no '/' or '..': it names a "
+            "folder under paths.output_dir)")
+ROOT = {"task_name": NAME, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
         "skip_completed": BOOL}
 
 
@@ -147,7 +194,17 @@ def check_section(prefix: str, values: Mapping[str, Any], spec: Mapping[str, Any
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first bad value of a composed config."""
     plain = _plain(cfg)
-    check_section("", {k: plain[k] for k in ROOT}, ROOT)
+    # Every root key but the config groups, which have their own sections below: an unknown
+    # one (`+lr=0.01` meant as trainer.lr) is refused, not ignored.
+    root = {k: v for k, v in plain.items() if k not in GROUPS}
+    for key, value in root.items():
+        if key not in ROOT:
+            owners = [f"{g}.{key}" for g in GROUPS if isinstance(plain.get(g), Mapping)
+                      and key in plain[g]]
+            raise ConfigError(key, value, f"a known key of the root config: {sorted(ROOT)}",
+                              hint=f"did you mean {' or '.join(owners)}?" if owners else
+                              "a new root key needs a place in the code that reads it")
+    check_section("", root, ROOT)
     check_section("dataset", plain["dataset"], DATASET)
     ds = plain["dataset"]
     c = ds["image_shape"][0]
@@ -163,7 +220,41 @@ def validate(cfg: DictConfig) -> None:
     LOGGER["none"]["name"]("logger.name", lg.get("name"))
     check_section("logger", lg, LOGGER[lg["name"]])
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
+    check_augmentation(plain["augmentation"], plain["model"]["name"], ds, plain["trainer"])
     check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"]["name"])
+
+
+def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any],
+                       trainer: Mapping[str, Any]) -> None:
+    """What the augmentation keys must satisfy together and with the data, model and epochs."""
+    k, eps = ds["num_classes"], aug["smoothing"]
+    if aug["smoothing_to"] == "others" and eps >= (k - 1) / k:
+        raise ConfigError("augmentation.smoothing", eps,
+                          f"a number < (K - 1) / K = {(k - 1) / k:.6g} with smoothing_to=others "
+                          f"and K = {k} classes", hint="at that eps another class's target "
+                          "would equal or pass the true class's")
+    if eps != 0 and aug["smoothing_start_epoch"] >= trainer["epochs"]:
+        raise ConfigError("augmentation.smoothing_start_epoch", aug["smoothing_start_epoch"],
+                          f"an integer < trainer.epochs = {trainer['epochs']}",
+                          hint="from that epoch on the run would never smooth")
+    h, w = ds["image_shape"][1:]
+    lo_hi = aug["cutmix_minmax"]
+    if lo_hi is not None and not (int(h * lo_hi[0]) < int(h * lo_hi[1])
+                                  and int(w * lo_hi[0]) < int(w * lo_hi[1])):
+        raise ConfigError("augmentation.cutmix_minmax", lo_hi,
+                          f"a range of box sides that spans at least one pixel of the {h}x{w} "
+                          "images (int(side * min) < int(side * max))")
+    from src.models import mix_layers
+    from src.models.manifold import INPUT
+
+    layers = mix_layers(model)
+    if aug["mix_layer"] not in layers:
+        raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
+                          f"a Manifold Mixup stage of model {model}: one of {list(layers)}")
+    if aug["mix_layer"] != INPUT and aug["cutmix_alpha"] > 0:
+        raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
+                          f"{INPUT!r} with CutMix (cutmix_alpha > 0)",
+                          hint="CutMix pastes image boxes: it mixes the input only")
 
 
 def check_parallel_seeds(seeds: list[int], model: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +41,51 @@ class Arrays:
 
 
 _CACHE: dict[tuple, Arrays] = {}
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _file_state(path: Any) -> tuple:
+    """Size and modification time of a file (a changed archive is loaded again)."""
+    try:
+        st = Path(str(path)).expanduser().stat()
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)
 
 
 def load_arrays(cfg: Mapping[str, Any]) -> Arrays:
-    """Load (or fetch from the process cache) the dataset the `dataset` config names."""
+    """Load (or fetch from the process cache) the dataset the `dataset` config names, checked
+    against what the config declares (shape, classes) before anything trains."""
     name = cfg["name"]
     if name not in DATASETS:
         raise ConfigError("dataset.name", name, f"one of {list(DATASETS)}")
-    key = (name, cfg.get("npz"), cfg.get("root"))
+    npz = cfg.get("npz") or local_archive(cfg)
+    key = (name, npz, cfg.get("root"), _file_state(npz) if npz else ())
     if key not in _CACHE:
-        arrays = _load_uncached(cfg)
-        _check(arrays, cfg)
-        _CACHE[key] = arrays
-    return _CACHE[key]
+        _CACHE[key] = load_npz(npz) if npz else _load_uncached(cfg)
+    arrays = _CACHE[key]
+    check_arrays(arrays, cfg)
+    if arrays.y_train.dtype != np.int64 or arrays.y_test.dtype != np.int64:
+        arrays = _CACHE[key] = replace(arrays, y_train=arrays.y_train.astype(np.int64),
+                                       y_test=arrays.y_test.astype(np.int64))
+    return arrays
+
+
+def local_archive(cfg: Mapping[str, Any]) -> str | None:
+    """`<dataset.root>/<name>.npz` when that file exists: with `paths.data_dir` set once (e.g.
+    in conf/local/), `dataset=mnist` finds `mnist.npz` there without `dataset.npz=...`."""
+    root, name = cfg.get("root"), cfg["name"]
+    if not root or name in ("digits", "npz"):
+        return None
+    path = Path(str(root)).expanduser() / f"{name}.npz"
+    return str(path) if path.is_file() else None
 
 
 def _load_uncached(cfg: Mapping[str, Any]) -> Arrays:
-    name, npz = cfg["name"], cfg.get("npz")
-    if npz:
-        return load_npz(npz)
+    name = cfg["name"]
     if name == "npz":
-        raise ConfigError("dataset.npz", npz, "a path to an .npz archive with x_train, "
-                          "y_train, x_test, y_test")
+        raise ConfigError("dataset.npz", cfg.get("npz"), "a path to an .npz archive with "
+                          "x_train, y_train, x_test, y_test")
     if name == "digits":
         return _load_digits()
     return _load_torchvision(name, cfg.get("root"), bool(cfg.get("download", False)))
@@ -82,28 +105,41 @@ def _load_digits() -> Arrays:
 
 
 def load_npz(path: str | Path) -> Arrays:
-    """Read an archive with x_train, y_train, x_test, y_test (or CIFAR JPEG scans)."""
+    """Read an archive with x_train, y_train, x_test, y_test (or CIFAR JPEG scans).
+
+    Anything that is not such an archive (a missing, empty, truncated or text file, a .npy,
+    pickled object arrays) is a ConfigError naming the file and what it should hold.
+    """
     path = Path(path).expanduser()
+    allowed = "an .npz archive (numpy.savez) with uint8 images x_train, x_test and integer " \
+              "labels y_train, y_test"
     if not path.is_file():
-        raise ConfigError("dataset.npz", str(path), "an existing .npz file",
-                          hint=f"no file at {path.resolve()}")
-    with np.load(path, allow_pickle=False) as z:
-        if "jpeg_header" in z.files:
-            splits = _decode_jpeg_scans(z)
-        else:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
-            if missing:
-                raise ConfigError("dataset.npz", str(path), "an archive with x_train, y_train, "
-                                  "x_test, y_test", hint=f"missing {sorted(missing)}")
-            splits = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        raise ConfigError("dataset.npz", str(path), allowed, hint=f"no file at {path.resolve()}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):  # a .npy holds one array, not the four splits
+                raise ConfigError("dataset.npz", str(path), allowed,
+                                  hint="it holds a single array (.npy), not named splits")
+            if "jpeg_header" in z.files:
+                splits = _decode_jpeg_scans(z)
+            else:
+                missing = set(SPLITS) - set(z.files)
+                if missing:
+                    raise ConfigError("dataset.npz", str(path), allowed,
+                                      hint=f"missing {sorted(missing)}; it has {z.files}")
+                splits = {k: z[k] for k in SPLITS}
+    except ConfigError:
+        raise
+    except Exception as err:  # zip, pickle and format errors alike: not a usable archive
+        raise ConfigError("dataset.npz", str(path), allowed,
+                          hint=f"it cannot be read ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
+                          ) from None
     for k in ("x_train", "x_test"):
-        if splits[k].ndim == 3:
+        if splits[k].ndim == 3:  # (N, H, W) grey images
             splits[k] = splits[k][..., None]
-    return Arrays(
-        np.ascontiguousarray(splits["x_train"]), splits["y_train"].astype(np.int64),
-        np.ascontiguousarray(splits["x_test"]), splits["y_test"].astype(np.int64),
-        source=str(path),
-    )
+    return Arrays(np.ascontiguousarray(splits["x_train"]), splits["y_train"],
+                  np.ascontiguousarray(splits["x_test"]), splits["y_test"], source=str(path))
 
 
 def _decode_jpeg_scans(z: Any) -> dict[str, np.ndarray]:
@@ -155,22 +191,38 @@ def _tv_split(name: str, ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), np.asarray(ds.targets, np.int64)
 
 
-def _check(a: Arrays, cfg: Mapping[str, Any]) -> None:
-    """Fail early when the arrays do not match what the dataset config declares."""
+def check_arrays(a: Arrays, cfg: Mapping[str, Any]) -> None:
+    """Fail before training when the arrays are not what the dataset config declares: uint8
+    images (N, H, W, C) of `image_shape`, one integer label in [0, num_classes) per image,
+    no empty split."""
     c, h, w = (int(v) for v in cfg["image_shape"])
-    for split, x in (("train", a.x_train), ("test", a.x_test)):
+    k = int(cfg["num_classes"])
+    key = "dataset.npz" if a.source.endswith(".npz") else "dataset.name"
+    for split in ("train", "test"):
+        x, y = getattr(a, f"x_{split}"), getattr(a, f"y_{split}")
         if x.dtype != np.uint8:
-            raise ConfigError("dataset.npz", a.source, "uint8 images",
+            raise ConfigError(key, a.source, "uint8 images (0-255)",
                               hint=f"x_{split} has dtype {x.dtype}")
+        if x.ndim != 4:
+            raise ConfigError(key, a.source, "images of shape (N, H, W) or (N, H, W, C)",
+                              hint=f"x_{split} has shape {list(x.shape)}")
         if tuple(x.shape[1:]) != (h, w, c):
             raise ConfigError("dataset.image_shape", list(cfg["image_shape"]),
                               f"the shape of the data, [{x.shape[3]}, {x.shape[1]}, {x.shape[2]}]"
                               f" (C, H, W) for {a.source}")
-    k = int(cfg["num_classes"])
-    for split, y in (("train", a.y_train), ("test", a.y_test)):
-        if len(y) and (y.min() < 0 or y.max() >= k):
-            raise ConfigError("dataset.num_classes", k, f"more than the largest label "
-                              f"{int(y.max())} in y_{split} of {a.source}")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ConfigError(key, a.source, "integer class labels, one per image",
+                              hint=f"y_{split} is {y.dtype} of shape {list(y.shape)}")
+        if len(y) != len(x):
+            raise ConfigError(key, a.source, "one label per image",
+                              hint=f"x_{split} has {len(x)} images, y_{split} {len(y)} labels")
+        if len(y) == 0:
+            raise ConfigError(key, a.source, "non-empty train and test splits",
+                              hint=f"the {split} split is empty")
+        if y.min() < 0 or y.max() >= k:
+            raise ConfigError("dataset.num_classes", k, f"more than the largest label and no "
+                              f"negative label: y_{split} of {a.source} spans "
+                              f"[{int(y.min())}, {int(y.max())}]")
 
 
 def stratified_split(labels: np.ndarray, fraction: float,

@@ -80,6 +80,22 @@ def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution,
             "config": flat_settings(cfg)}
 
 
+def save_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's record of the job (.hydra/config.yaml, hydra.yaml, overrides.yaml), written
+    here once the job owns its folder rather than by Hydra before the job starts
+    (`hydra.output_subdir: null`): a job refused for its folder rewrites nothing there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
+    OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+
+
 def job_fingerprint(cfgs: list[DictConfig]) -> str:
     """The checkpoint's key: the run's fingerprint, or a hash of every member's."""
     if len(cfgs) == 1:
@@ -106,6 +122,8 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
     members = [Member(c, Path(c.paths.run_dir), {}) for c in cfgs]
     dirs = [m.run_dir for m in members]
     with run_folder_lock(dirs):
+        for m in members:
+            save_hydra_record(m.cfg, m.run_dir)
         started = now_iso()
         # Bad devices, missing files and noise that does not fit the data raise ConfigError
         # here, before a results.json exists that analysis could take for a run.

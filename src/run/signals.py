@@ -61,6 +61,13 @@ class SignalPolicy:
         for s in HANDLED:
             self.previous[s] = signal.signal(s, self._handle)
 
+    def restore(self) -> None:
+        """Give the signals back to the handlers found at install (tests; embedding code)."""
+        for s, prev in self.previous.items():
+            signal.signal(s, prev)
+        self.previous.clear()
+        self.pending = None
+
     def _handle(self, signum: int, frame: Any) -> None:
         self.pending = signum
         if not self._deferring:
