@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,32 @@ def remove_checkpoints(run_dir: Path) -> None:
     """Delete a finished run's checkpoints (they can be large; results are kept)."""
     for name in (CHECKPOINT, PREVIOUS):
         (run_dir / name).unlink(missing_ok=True)
+
+
+# A run's model weights, apart from its checkpoint (which a completed run deletes): the final
+# model and the one of the best noisy-validation accuracy, for src.eval to evaluate later.
+LAST_WEIGHTS = "last.pt"
+BEST_WEIGHTS = "best.pt"
+
+
+def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write a model's state_dict atomically and durably, on the CPU (readable without a GPU):
+    `torch.load` and `model.load_state_dict` read it back without this suite."""
+    cpu = {name: t.detach().cpu() for name, t in state_dict.items()}
+    atomic_write(path, lambda f: torch.save(cpu, f), binary=True, fsync=True)
+
+
+def load_weights(path: Path, member: int = 0) -> dict[str, torch.Tensor]:
+    """A model's state_dict from a weights file (`save_weights`) or from a checkpoint (its
+    trainer's weights; of a job that trained seeds together, member `member`'s, named as its
+    own model's). ValueError when the file holds neither; torch's error when it is unreadable.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("trainer"), dict):
+        state = state["trainer"].get("weights")
+        if isinstance(state, dict) and set(state) == {"params", "buffers"}:  # stacked members
+            state = {name: t[member] for name, t in (state["params"] | state["buffers"]).items()}
+    if not (isinstance(state, dict) and state
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
+        raise ValueError(f"{path} holds no model weights (a state_dict or a checkpoint)")
+    return state
