@@ -124,15 +124,57 @@ def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
     (["--parallel-seeds", "-2"], "--parallel-seeds"),
     (["--eps", "1.5"], "--eps"),
     (["--device", "tpu"], "--device"),
+    (["--threads", "0"], "--threads"),
+    (["--ref-workers", "-1"], "--ref-workers"),
 ])
 def test_bad_command_line_is_refused_before_anything_runs(argv, option, tmp_path, capsys):
     out = tmp_path / "b.json"
     with pytest.raises(SystemExit) as exit_:
-        bench.main([*argv, "--out", str(out)])
+        bench.main(["--out", str(out), *argv])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"{option}=" in err and "expected" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_before_timing(tmp_path, capsys):
+    (tmp_path / "file").write_text("in the way")
+    for out in (tmp_path / "file" / "b.json", tmp_path):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(["--smoke", "--out", str(out)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--out=" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "key"), [
+    (["--model-arg", "channels=[0]"], "model.channels"),
+    (["--model", "mlp", "--model-arg", "channels=[8]"], "model.channels"),
+    (["--alpha", "inf"], "augmentation.mixup_alpha"),
+])
+def test_bad_model_and_method_values_get_the_suites_own_message(argv, key, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--smoke", "--out", str(tmp_path / "b.json"), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+
+
+def test_an_unreadable_archive_is_one_paragraph_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an archive")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--smoke", "--npz", str(bad), "--out", str(tmp_path / "b.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "dataset.npz" in err and "Traceback" not in err
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_smoke_runs_with_every_model_family(tmp_path):
+    for model in ("mlp", "vit"):
+        bench.main(["--smoke", "--model", model, "--out", str(tmp_path / f"{model}.json")])
+        assert json.loads((tmp_path / f"{model}.json").read_text())["config"]["model"] == model
 
 
 def test_failed_sweep_is_reported_with_its_error(tmp_path):

@@ -144,6 +144,7 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
     (Hydra's compose API, the command line's values as overrides) and validated as a run is.
     Synthetic data (--shape) replaces the dataset's shape, classes and statistics."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     import src.config  # noqa: F401  (the resolver the Hydra config uses)
     from src.config.validate import validate
@@ -166,8 +167,13 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
                  f"dataset.std=[{','.join(['0.25'] * c)}]",
                  f"dataset.augment.crop_padding={4 if cifar_like else 0}",
                  f"dataset.augment.hflip={str(cifar_like).lower()}"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=over)
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=over)
+    except HydraException as err:  # a model argument the model has no key for, say
+        raise ConfigError("--model-arg", args.model_arg, f"keys of model {args.model} "
+                          "(conf/model) with values of their type",
+                          hint=str(err).splitlines()[0]) from None
     validate(cfg)
     return cfg
 
@@ -439,10 +445,34 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             bad("--" + option.replace("_", "-"), getattr(args, option), "an integer >= 0")
     if args.n is not None and args.n < 1:
         bad("--n", args.n, "an integer >= 1")
+    if args.threads is not None and args.threads < 1:
+        bad("--threads", args.threads, "an integer >= 1")
+    if args.ref_workers is not None and any(w < 0 for w in args.ref_workers):
+        bad("--ref-workers", args.ref_workers, "worker counts >= 0")
+    for option in ("crop_padding",):
+        if getattr(args, option) is not None and getattr(args, option) < 0:
+            bad("--crop-padding", args.crop_padding, "an integer >= 0")
+    problem = unwritable(Path(args.out))
+    if problem:
+        bad("--out", args.out, f"a JSON file path in a writable folder ({problem})")
     if not 0 <= args.alpha:
         bad("--alpha", args.alpha, "a number >= 0 (0 = no Mixup)")
     if not 0 <= args.eps < 1:
         bad("--eps", args.eps, "a number in [0, 1)")
+
+
+def unwritable(out: Path) -> str | None:
+    """Why the report could not be written at `out` (checked before hours of timing)."""
+    if out.is_dir():
+        return "it is a folder"
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
 
 
 def _auto_bool(text: str) -> str | bool:
@@ -493,7 +523,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse, measure, print the table, write the JSON."""
     args = parse_args(argv)
-    report = run(args)
+    try:
+        report = run(args)
+    except ConfigError as err:  # e.g. an --npz that is not a readable archive
+        print(f"python -m src.tools.bench: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print_table(report)
     write_report(report, args.out)
     return report
