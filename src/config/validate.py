@@ -145,6 +145,8 @@ TRAINER = {
     "progress": choice("auto", True, False),
     "checkpoint_every": integer(0), "keep_checkpoint": BOOL,
     "parallel_seeds": list_of(SEED),
+    "threads": Rule(lambda v: v == "auto" or (_is_int(v) and 1 <= v <= 4096),
+                    "auto or an integer from 1 to 4096"),
 }
 _WANDB_FORBIDDEN = "/\\#?%:"
 # The root config's groups (checked section by section).

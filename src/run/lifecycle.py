@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.tensors import TrainData, prepare_data
@@ -37,6 +38,7 @@ from src.training.evaluate import (
     temperature_scaled_ece,
 )
 from src.training.model_cache import get_model
+from src.training.threads import apply_threads, launcher_jobs
 from src.training.trainer import EpochStats, SingleTrainer, StackedTrainer, Trainer
 
 log = logging.getLogger(__name__)
@@ -68,14 +70,14 @@ class JobState:
         return cls(0, [[] for _ in range(k)], [0.0] * k, [0] * k, 0.0, [True] * k)
 
 
-def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution,
-                   started: str) -> dict[str, Any]:
+def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution, started: str,
+                   threads: int) -> dict[str, Any]:
     """The results object of a run about to train: who it is, what noise it got, where."""
     return {"status": "running", "error": None, **run_identity(cfg, group),
             "noise_rate_realized": noisy.realized_rate,
             # Human noise has no requested rate: the file's rate is the rate.
             **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
-            "device": str(ex.device), "amp": ex.amp, "started_at": started,
+            "device": str(ex.device), "amp": ex.amp, "threads": threads, "started_at": started,
             "config_fingerprint": fingerprint(cfg), "inputs": input_records(cfg),
             "config": flat_settings(cfg)}
 
@@ -128,9 +130,12 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
         # Bad devices, missing files and noise that does not fit the data raise ConfigError
         # here, before a results.json exists that analysis could take for a run.
         ex = resolve_execution(cfgs[0].trainer, spread)
+        jobs = launcher_jobs()
+        threads = apply_threads(cfgs[0].trainer.threads, jobs) if ex.device.type == "cpu" \
+            else torch.get_num_threads()
         data, noisy = prepare_data(cfgs[0], ex.device, ex.channels_last, dirs)
         for m in members:
-            m.record = results_header(m.cfg, group, noisy, ex, started)
+            m.record = results_header(m.cfg, group, noisy, ex, started, threads)
             # The exact config of these results, beside them (Hydra's .hydra/ is rewritten
             # on reruns).
             OmegaConf.save(m.cfg, m.run_dir / "config.yaml", resolve=True)
@@ -141,7 +146,7 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
                 members[0].logger = _open_logger(members[0], group, resumed)
-            _fit(cfgs, members, trainer, data, state)
+            _fit(cfgs, members, trainer, data, state, jobs if ex.device.type == "cpu" else None)
             if all(m.record["status"] != "running" for m in members) and \
                     not cfgs[0].trainer.keep_checkpoint:
                 remove_checkpoints(dirs[0])
@@ -216,7 +221,7 @@ def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
 
 
 def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: TrainData,
-         state: JobState) -> None:
+         state: JobState, cpu_jobs: int | None = None) -> None:
     """The epoch loop: train, evaluate when due, record, checkpoint; a member whose loss is
     not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
     tcfg = cfgs[0].trainer
@@ -227,6 +232,8 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             SIGNALS.deferred():
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
+            if trainer.device.type == "cpu":
+                apply_threads(tcfg.threads, cpu_jobs)  # jobs started or ended meanwhile
             progress.start_epoch(epoch)
             stats = trainer.train_epoch(SIGNALS, on_step=progress.step)
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state

@@ -41,6 +41,10 @@ IDENTITY_FIELDS: tuple[Field, ...] = (
     Field("method", "str", "none, mixup, smoothing or mixup_smoothing, from the values"),
     Field("mixup_alpha", "float", "Mixup alpha (0 = off)"),
     Field("smoothing", "float", "label smoothing eps (0 = off)"),
+    Field("smoothing_to", "str", "the smoothing convention: all (eps/K on every class) or "
+          "others (eps/(K-1) on the other classes)"),
+    Field("smoothing_uniform_mass", "float", "the uniform mass in the eps/K form (eps for all, "
+          "eps*K/(K-1) for others): comparable across conventions"),
     Field("noise", "str", "noise model"),
     Field("noise_rate", "float", "requested noise rate (for human noise, the realised rate)"),
     Field("noise_seed", "int", "seed the noise was drawn from"),
@@ -52,6 +56,8 @@ IDENTITY_FIELDS: tuple[Field, ...] = (
           "true ones"),
     Field("device", "str", "where the run executed"),
     Field("amp", "str", "autocast precision: bf16, fp16 or off"),
+    Field("threads", "int", "torch CPU threads at the start (trainer.threads; auto re-counts "
+          "the jobs sharing the cores every epoch)"),
     Field("started_at", "str", "ISO 8601 start time"),
     Field("config_fingerprint", "str", "hash of the settings that define the numbers and of "
           "the content of every input file"),
