@@ -140,9 +140,9 @@ def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(case, run, monkeyp
                 "no best": "which='best'", "bad config": "augmentation.smoothing=1.5",
                 "bad noise": "noise.rate=1.5", "fit without validation": "temperature='fit'",
                 "bad option": "temperature='yes'"}[case]
-    if case == "no weights":
-        (run / "checkpoint.pt").unlink()
-        (run / "checkpoint.prev.pt").unlink()
+    for name in {"no weights": ["last.pt", "checkpoint.pt", "checkpoint.prev.pt"],
+                 "no best": ["best.pt"]}.get(case, []):
+        (run / name).unlink(missing_ok=True)
     if case == "bad config":
         cfg = (run / "config.yaml").read_text()
         (run / "config.yaml").write_text(cfg.replace("smoothing: 0.0", "smoothing: 1.5"))
@@ -162,6 +162,7 @@ def test_python_m_src_eval(run, tmp_path):
     ok = run_module([f"ckpt_path={run}"], cwd=tmp_path, module="src.eval")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "test_acc" in ok.stdout and (run / "eval.json").is_file()
+    (run / "best.pt").unlink(missing_ok=True)
     bad = run_module([f"ckpt_path={run}", "which=best"], cwd=tmp_path, module="src.eval")
     assert bad.returncode == 2 and "best.pt" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
