@@ -16,6 +16,9 @@ arithmetic is not the batched one's.
 - `temperature=fit`: temperature scaling (Guo et al., ICML 2017): the one T > 0 that minimises
   the NLL of the noisy-validation logits / T, fitted by LBFGS; the test ECE and NLL before
   (test_ece, test_loss) and after (test_ece_ts, test_loss_ts). Accuracy does not change.
+- A run trained before the suite gained a config key evaluates with that key at its current
+  default (the value that leaves a new option off), from the run's config group file; such keys
+  are listed in eval.json (`filled_in`), and a key the suite no longer knows is an error.
 - `noise=NAME`: the training split's labels as that noise model (conf/noise/NAME.yaml, with any
   noise.KEY=VALUE) draws them, for the very images the run trained on, so memorized/recovered
   say what the model does with another corruption; test and validation stay the run's.
@@ -60,6 +63,8 @@ from src.training.trainer import SingleTrainer
 log = logging.getLogger(__name__)
 
 EVAL = "eval.json"
+# An absolute path, so the entry works however it is imported (module, test, console script).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 CONFIG = "config.yaml"
 WHICH = choice("last", "best")
 TEMPERATURE = choice("none", "fit")
@@ -80,7 +85,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
     TEMPERATURE("temperature", temperature)
     run_dir, weights_file = locate(Path(ckpt_path), which)
     results = read_json(run_dir / RESULTS) or {}
-    cfg = run_config(run_dir, device)
+    saved, cfg, filled = run_config(run_dir, device)
     if temperature == "fit" and not float(cfg.dataset.val_fraction) > 0:
         raise ConfigError("temperature", temperature, "none for a run without a validation "
                           "split", hint=f"{run_dir} was trained with dataset.val_fraction=0")
@@ -104,11 +109,11 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
 
     from src.run.lifecycle import evaluate_members  # the run's own evaluation of an epoch
 
-    fp = fingerprint(cfg)
+    fp = fingerprint(saved)
     record: dict[str, Any] = {
         "run_dir": str(run_dir), "weights": str(weights_file),
         "weights_epoch": weights_epoch(run_dir, weights_file, results),
-        "run_status": results.get("status"),
+        "run_status": results.get("status"), "filled_in": filled,
         "overrides": {"which": which, "temperature": temperature, "noise": noise,
                       "device": device},
         "config_fingerprint": fp,
@@ -118,8 +123,10 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
         **evaluate_members(trainer, data, [0])[0],
     }
     if record["fingerprint_matches_run"] is False:
-        log.warning("%s or its input files changed since the run: these numbers may not be "
-                    "the run's", run_dir / CONFIG)
+        log.warning("the fingerprint of %s differs from the run's: its input files, or how "
+                    "the suite fingerprints a run, changed since", run_dir / CONFIG)
+    if filled:
+        log.warning("keys the run's config predates, at their current defaults: %s", filled)
     if temperature == "fit":
         record.update(temperature_scaling(trainer, data))
     write_json_atomic(run_dir / EVAL, record)
@@ -147,18 +154,57 @@ def locate(path: Path, which: str) -> tuple[Path, Path]:
                       hint=f"{run_dir} holds none; runs write them with {how}")
 
 
-def run_config(run_dir: Path, device: str | None) -> DictConfig:
-    """The run's resolved config, in its current folder, checked as a run's config is."""
+def run_config(run_dir: Path, device: str | None
+               ) -> tuple[DictConfig, DictConfig, dict[str, Any]]:
+    """The run's config as saved; the same completed with the keys it predates (see
+    `backfill`), in its current folder, on `device`, checked as a run's config is; and the
+    keys filled in."""
     try:
-        cfg = OmegaConf.load(run_dir / CONFIG)
-    except Exception as err:  # not YAML, or not a mapping
+        saved = OmegaConf.load(run_dir / CONFIG)
+        saved.paths.run_dir = str(run_dir)  # the folder may have moved since the run
+    except Exception as err:  # not YAML, or not a run's config
         raise ConfigError("ckpt_path", str(run_dir), f"a run folder with a readable {CONFIG}",
                           hint=str(err).strip().splitlines()[0]) from None
-    cfg.paths.run_dir = str(run_dir)  # the folder may have moved since the run
+    cfg = copy.deepcopy(saved)
+    filled = backfill(cfg)
     if device is not None:
         cfg.trainer.device = device
     _validate(cfg, f"in {run_dir / CONFIG}")
-    return cfg
+    return saved, cfg, filled
+
+
+# Where each section's current defaults are: its config group's file of the run's option.
+GROUP_FILES = {"dataset": "dataset/{name}", "model": "model/{name}",
+               "augmentation": "augmentation/{name}", "noise": "noise/{name}",
+               "trainer": "trainer/default"}
+
+
+def backfill(cfg: DictConfig) -> dict[str, Any]:
+    """Add, in place, the keys the suite gained since the run, at the values its config group
+    file now gives them; return them by dotted key. Values that refer to other keys (${...})
+    are not filled: validation then names the missing key."""
+    filled: dict[str, Any] = {}
+    for section, file in GROUP_FILES.items():
+        node = cfg.get(section)
+        if not OmegaConf.is_dict(node):
+            continue
+        path = Path(CONF_DIR) / f"{file.format(name=node.get('name'))}.yaml"
+        if path.is_file():
+            defaults = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            defaults.pop("defaults", None)
+            _fill(node, defaults, section, filled)
+    return filled
+
+
+def _fill(node: DictConfig, defaults: dict[str, Any], prefix: str,
+          filled: dict[str, Any]) -> None:
+    for key, value in defaults.items():
+        if key not in node:
+            if not (isinstance(value, str) and "${" in value):
+                node[key] = value
+                filled[f"{prefix}.{key}"] = value
+        elif isinstance(value, dict) and OmegaConf.is_dict(node[key]):
+            _fill(node[key], value, f"{prefix}.{key}", filled)
 
 
 def with_noise(cfg: DictConfig, noise: dict[str, Any], run_dir: Path) -> DictConfig:
@@ -257,7 +303,6 @@ def run_cli(cfg: DictConfig) -> int | None:
 
 
 _STATUS: list[int | None] = []
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

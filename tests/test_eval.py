@@ -52,7 +52,17 @@ def test_last_weights_reproduce_the_runs_final_test_numbers_exactly(run):
         assert out[key] == res[f"final_{key}"], key
     assert out["val_acc"] == read_metrics(run / "metrics.jsonl")[-1]["val_acc"]
     assert out["weights_epoch"] == 2 and out["fingerprint_matches_run"] is True
+    assert out["filled_in"] == {}
     assert json.loads((run / "eval.json").read_text()) == json.loads(json.dumps(out))
+
+
+def test_a_run_older_than_a_config_key_is_evaluated_with_its_current_default(run):
+    text = (run / "config.yaml").read_text()
+    assert text.count("  eval_every: 1\n") == 1
+    (run / "config.yaml").write_text(text.replace("  eval_every: 1\n", ""))
+    out = evaluate(run)
+    assert out["filled_in"] == {"trainer.eval_every": 1}
+    assert out["test_acc"] == read_json(run / "results.json")["final_test_acc"]
 
 
 def test_saved_weights_files_load_back_and_are_what_eval_reads(run):
