@@ -310,9 +310,18 @@ def _hydra_main(cfg: DictConfig) -> None:
     _STATUS.append(run_cli(cfg))
 
 
+def quote_path(args: list[str]) -> list[str]:
+    """The arguments with `ckpt_path`'s value quoted for Hydra, whose override grammar reads
+    `=` and `,` in a value as syntax: run folders of a sweep are named `key=value,...`."""
+    key = "ckpt_path="
+    return [f"{key}'{a[len(key):]}'" if a.startswith(key) and "'" not in a else a
+            for a in args]
+
+
 def main() -> int | None:
     """The command: its exit status (None: every evaluation succeeded, 2: bad input)."""
     _STATUS.clear()
+    sys.argv[1:] = quote_path(sys.argv[1:])
     _hydra_main()
     return max((s for s in _STATUS if s), default=None)
 

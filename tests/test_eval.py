@@ -30,8 +30,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def run(trained, tmp_path):
-    """A fresh copy of the trained run's folder (tests add and remove files in it)."""
-    return shutil.copytree(trained, tmp_path / "run")
+    """A fresh copy of the trained run's folder (tests add and remove files in it), named as
+    a sweep names its runs."""
+    return shutil.copytree(trained, tmp_path / "noise.rate=0.3,a=[1,2]" / "seed=0")
 
 
 def _cli(monkeypatch, tmp_path, *args):
@@ -175,4 +176,4 @@ def test_python_m_src_eval(run, tmp_path):
     (run / "best.pt").unlink(missing_ok=True)
     bad = run_module([f"ckpt_path={run}", "which=best"], cwd=tmp_path, module="src.eval")
     assert bad.returncode == 2 and "best.pt" in bad.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.parent.name]  # nothing else
