@@ -1,5 +1,6 @@
 """CLI: python -m analysis PATH... [--out DIR] [--eps-axis smoothing|uniform_mass] [--wandb]
-[--quiet] [--allow-duplicates]."""
+[--quiet] [--allow-duplicates] [--correction holm|bh] [--family question|panel]
+[--delta-pp PP] [--min-pairs N]."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true", help="print only counts and the report path")
     ap.add_argument("--allow-duplicates", action="store_true",
                     help="keep the newest of runs with the same config and seed")
+    ap.add_argument("--correction", choices=("holm", "bh"), default="holm",
+                    help="multiple-comparison correction: Holm (family-wise error, default) "
+                    "or Benjamini-Hochberg (false discovery rate)")
+    ap.add_argument("--family", choices=("question", "panel"), default="question",
+                    help="what one correction covers: each question of a panel (default), "
+                    "or all questions of a panel together (stricter)")
+    ap.add_argument("--delta-pp", type=float, default=1.0,
+                    help="smallest effect that matters, in percentage points: 'no detectable "
+                    "difference' needs the whole CI inside +-delta (default 1)")
+    ap.add_argument("--min-pairs", type=int, default=5,
+                    help="fewest paired runs for a verdict other than undecided (default 5)")
     return ap.parse_args(argv)
 
 
@@ -31,10 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     status 2, as for a bad option."""
     args = parse_args(argv)
     from analysis import AnalysisError, analyse  # after --help: pandas and matplotlib are slow
+    from analysis.stats import StatsOptions
 
     try:
+        stats = StatsOptions(correction=args.correction, family=args.family,
+                             delta=args.delta_pp / 100, min_pairs=args.min_pairs)
         analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
-                allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis)
+                allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis, stats=stats)
     except AnalysisError as err:
         print(f"analysis error: {err}", file=sys.stderr)
         return 2

@@ -80,6 +80,7 @@ class Grid:
     std: pd.DataFrame
     n: pd.DataFrame
     best: pd.DataFrame  # bool: the best cell(s)
+    bolds: str = ""  # what the bold cell is, and why
 
     @property
     def title(self) -> str:
@@ -132,14 +133,36 @@ def grid(panel: Panel, metric: str, eps_axis: str = "smoothing") -> Grid:
     """The ε (or uniform mass) × α grid of `metric` for `panel`."""
     spec, row = TABLE_METRICS[metric], EPS_AXES[check_eps_axis(eps_axis)]
     _check_rows(panel, row)
-    mean = _pivot(panel.cells, row, f"{metric}_mean", spec.scale)
-    std = _pivot(panel.cells, row, f"{metric}_std", spec.scale)
-    n = _pivot(panel.cells, row, f"{metric}_n").fillna(0).astype(int)
-    target = mean.max().max() if spec.higher else mean.min().min()
-    best = mean == target  # all False when every cell is NaN (NaN equals nothing)
+    cells = panel.cells
+    if f"{metric}_mean" not in cells:  # runs written before the metric existed
+        cells = cells.assign(**{f"{metric}_mean": np.nan, f"{metric}_std": np.nan,
+                                f"{metric}_n": 0})
+    mean = _pivot(cells, row, f"{metric}_mean", spec.scale)
+    std = _pivot(cells, row, f"{metric}_std", spec.scale)
+    n = _pivot(cells, row, f"{metric}_n").fillna(0).astype(int)
+    best, bolds = _bold(cells, row, metric, spec, mean)
     convention = panel.values.get("smoothing_to")
     return Grid(metric, spec, eps_axis, None if convention is None else str(convention),
-                mean, std, n, best)
+                mean, std, n, best, bolds)
+
+
+def _bold(cells: pd.DataFrame, row: str, metric: str, spec: TableMetric,
+          mean: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The cell to bold and why. Test accuracy: the cell the noisy validation split picks
+    (highest mean best_val_acc), so that the bold number is an honest estimate; without a
+    validation split the best test mean, said to be optimistic. Other metrics: the best
+    mean, a description of the table rather than a choice."""
+    if metric.startswith(("final_test_acc", "best_test_acc")):
+        val = _pivot(cells, row, "best_val_acc_mean") if "best_val_acc_mean" in cells else None
+        if val is not None and val.notna().any().any():
+            return val == val.max().max(), ("Bold: the cell the noisy validation split picks "
+                                            "(highest mean best_val_acc); its test accuracy "
+                                            "is the honest estimate of the best setting.")
+        target = mean.max().max()
+        return mean == target, ("Bold: the highest test mean, picked on the test set itself "
+                                "(no validation split): optimistic.")
+    target = mean.max().max() if spec.higher else mean.min().min()
+    return mean == target, spec.bolds  # all False when every cell is NaN
 
 
 def cell_text(mean: float, std: float, n: int, pm: str = "±", na: str = "n/a",
@@ -205,7 +228,7 @@ def caption(g: Grid, panel: Panel) -> str:
 
 def notes(g: Grid) -> str:
     """What the bold cell is and why, and the metric's caveat."""
-    return " ".join(x for x in (g.spec.bolds, g.spec.note) if x)
+    return " ".join(x for x in (g.bolds or g.spec.bolds, g.spec.note) if x)
 
 
 def file_stem(*parts: str, limit: int = 160) -> str:

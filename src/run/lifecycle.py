@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.tensors import TrainData, prepare_data
 from src.files import write_json_atomic
-from src.loggers import NullLogger, make_logger
+from src.loggers import NullLogger, make_logger, run_name
 from src.noise import noise_metrics
 from src.progress import Progress
 from src.run.identity import fingerprint, flat_settings, input_records, run_identity
@@ -146,7 +146,8 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
                 members[0].logger = _open_logger(members[0], group, resumed)
-            _fit(cfgs, members, trainer, data, state, jobs if ex.device.type == "cpu" else None)
+            _fit(cfgs, members, trainer, data, state, jobs if ex.device.type == "cpu" else None,
+                 job=None if spread is None else str(spread), group=group)
             if all(m.record["status"] != "running" for m in members) and \
                     not cfgs[0].trainer.keep_checkpoint:
                 remove_checkpoints(dirs[0])
@@ -221,14 +222,17 @@ def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
 
 
 def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: TrainData,
-         state: JobState, cpu_jobs: int | None = None) -> None:
+         state: JobState, cpu_jobs: int | None = None, job: str | None = None,
+         group: str = "") -> None:
     """The epoch loop: train, evaluate when due, record, checkpoint; a member whose loss is
     not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
     tcfg = cfgs[0].trainer
     epochs, every, ckpt_every = int(tcfg.epochs), int(tcfg.eval_every), int(tcfg.checkpoint_every)
-    desc = cfgs[0].task_name if len(members) == 1 else f"{cfgs[0].task_name} x{len(members)}"
+    desc = run_name(run_identity(cfgs[0], group))
+    if len(members) > 1:
+        desc += f" (+{len(members) - 1} seeds)"
     with Progress(tcfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
-                  batch_size=trainer.batch_size * len(members)) as progress, \
+                  job=job, batch_size=trainer.batch_size * len(members)) as progress, \
             SIGNALS.deferred():
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
@@ -341,8 +345,7 @@ def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _open_logger(member: Member, group: str, resumed: bool) -> NullLogger:
     cfg = member.cfg
     return make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
-                       f"{group or cfg.task_name}/seed={cfg.trainer.seed}",
-                       str(member.run_dir), resume=resumed)
+                       run_identity(cfg, group), str(member.run_dir), resume=resumed)
 
 
 def _close_logger(member: Member, group: str, history: list[dict[str, Any]]) -> None:
