@@ -85,7 +85,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
     TEMPERATURE("temperature", temperature)
     run_dir, weights_file = locate(Path(ckpt_path), which)
     results = read_json(run_dir / RESULTS) or {}
-    saved, cfg, filled = run_config(run_dir, device)
+    cfg, filled = run_config(run_dir, device)
     if temperature == "fit" and not float(cfg.dataset.val_fraction) > 0:
         raise ConfigError("temperature", temperature, "none for a run without a validation "
                           "split", hint=f"{run_dir} was trained with dataset.val_fraction=0")
@@ -100,16 +100,20 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
     model = fresh_model(cfg.model, tuple(int(v) for v in cfg.dataset.image_shape),
                         data.num_classes, ex, seed)
     try:
-        model.load_state_dict(load_weights(weights_file, member_index(results, seed)))
-    except (RuntimeError, ValueError) as err:
+        weights = load_weights(weights_file, member_index(results, seed))
+    except Exception as err:  # truncated, corrupt, not a torch file, or no weights in it
+        raise ConfigError("ckpt_path", str(weights_file), "a weights file (last.pt, best.pt) "
+                          "or a checkpoint.pt", hint=_first_line(err)) from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
         raise ConfigError("ckpt_path", str(weights_file), f"weights of the {cfg.model.name} "
-                          f"model {run_dir / CONFIG} describes",
-                          hint=str(err).strip().splitlines()[0]) from None
+                          f"model {run_dir / CONFIG} describes", hint=_first_line(err)) from None
     trainer = SingleTrainer(model, data, cfg.trainer, cfg.augmentation, ex, seed)
 
     from src.run.lifecycle import evaluate_members  # the run's own evaluation of an epoch
 
-    fp = fingerprint(saved)
+    fp = fingerprint(cfg)
     record: dict[str, Any] = {
         "run_dir": str(run_dir), "weights": str(weights_file),
         "weights_epoch": weights_epoch(run_dir, weights_file, results),
@@ -122,11 +126,11 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
         "device": str(ex.device), "amp": ex.amp, "evaluated_at": now_iso(),
         **evaluate_members(trainer, data, [0])[0],
     }
-    if record["fingerprint_matches_run"] is False:
-        log.warning("the fingerprint of %s differs from the run's: its input files, or how "
-                    "the suite fingerprints a run, changed since", run_dir / CONFIG)
     if filled:
         log.warning("keys the run's config predates, at their current defaults: %s", filled)
+    elif record["fingerprint_matches_run"] is False:
+        log.warning("the fingerprint of %s differs from the run's: its input files, or how "
+                    "the suite fingerprints a run, changed since", run_dir / CONFIG)
     if temperature == "fit":
         record.update(temperature_scaling(trainer, data))
     write_json_atomic(run_dir / EVAL, record)
@@ -154,23 +158,20 @@ def locate(path: Path, which: str) -> tuple[Path, Path]:
                       hint=f"{run_dir} holds none; runs write them with {how}")
 
 
-def run_config(run_dir: Path, device: str | None
-               ) -> tuple[DictConfig, DictConfig, dict[str, Any]]:
-    """The run's config as saved; the same completed with the keys it predates (see
-    `backfill`), in its current folder, on `device`, checked as a run's config is; and the
-    keys filled in."""
+def run_config(run_dir: Path, device: str | None) -> tuple[DictConfig, dict[str, Any]]:
+    """The run's config, completed with the keys it predates (`backfill`), in its current
+    folder, on `device`, checked as a run's config is; and the keys filled in."""
     try:
-        saved = OmegaConf.load(run_dir / CONFIG)
-        saved.paths.run_dir = str(run_dir)  # the folder may have moved since the run
+        cfg = OmegaConf.load(run_dir / CONFIG)
+        cfg.paths.run_dir = str(run_dir)  # the folder may have moved since the run
     except Exception as err:  # not YAML, or not a run's config
         raise ConfigError("ckpt_path", str(run_dir), f"a run folder with a readable {CONFIG}",
-                          hint=str(err).strip().splitlines()[0]) from None
-    cfg = copy.deepcopy(saved)
+                          hint=_first_line(err)) from None
     filled = backfill(cfg)
     if device is not None:
         cfg.trainer.device = device
     _validate(cfg, f"in {run_dir / CONFIG}")
-    return saved, cfg, filled
+    return cfg, filled
 
 
 # Where each section's current defaults are: its config group's file of the run's option.
@@ -278,6 +279,11 @@ def summary_line(record: dict[str, Any]) -> str:
         line += (f"; training labels under noise={record['overrides']['noise']['name']}: "
                  f"memorized {_fmt(record['memorized'])}, recovered {_fmt(record['recovered'])}")
     return line + f"\n  -> {Path(record['run_dir']) / EVAL}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _fmt(value: float | None) -> str:

@@ -136,24 +136,29 @@ def test_another_noise_model_relabels_the_images_the_run_trained_on(run, monkeyp
     assert clean["train_acc_clean_subset"] != same["train_acc_clean_subset"]
 
 
-@pytest.mark.parametrize("case", ["missing folder", "no weights", "no best", "bad config",
-                                  "bad noise", "fit without validation", "bad option"])
+@pytest.mark.parametrize("case", ["missing folder", "no weights", "no best", "corrupt weights",
+                                  "bad config", "bad noise", "fit without validation",
+                                  "bad option"])
 def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(case, run, monkeypatch,
                                                                 tmp_path, capsys):
     args = {"missing folder": [f"ckpt_path={tmp_path / 'nope'}"],
             "no weights": [f"ckpt_path={run}"],
             "no best": [f"ckpt_path={run}", "which=best"],
+            "corrupt weights": [f"ckpt_path={run / 'last.pt'}"],
             "bad config": [f"ckpt_path={run}"],
             "bad noise": [f"ckpt_path={run}", "noise=symmetric", "noise.rate=1.5"],
             "fit without validation": [f"ckpt_path={run}", "temperature=fit"],
             "bad option": [f"ckpt_path={run}", "temperature=yes"]}[case]
     expected = {"missing folder": "ckpt_path=", "no weights": "which='last'",
-                "no best": "which='best'", "bad config": "augmentation.smoothing=1.5",
+                "no best": "which='best'", "corrupt weights": "last.pt' is not valid: a weights",
+                "bad config": "augmentation.smoothing=1.5",
                 "bad noise": "noise.rate=1.5", "fit without validation": "temperature='fit'",
                 "bad option": "temperature='yes'"}[case]
     for name in {"no weights": ["last.pt", "checkpoint.pt", "checkpoint.prev.pt"],
                  "no best": ["best.pt"]}.get(case, []):
         (run / name).unlink(missing_ok=True)
+    if case == "corrupt weights":
+        (run / "last.pt").write_bytes(b"not a torch file")
     if case == "bad config":
         cfg = (run / "config.yaml").read_text()
         (run / "config.yaml").write_text(cfg.replace("smoothing: 0.0", "smoothing: 1.5"))
