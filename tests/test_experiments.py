@@ -41,9 +41,11 @@ TINY_GPU_STUDY = ["trainer.epochs=1", "model.width=4", "trainer.batch_size=32",
 CASES = {
     "quickstart": ["trainer.epochs=1", "augmentation.mixup_alpha=0,0.4",
                    "augmentation.smoothing=0,0.1", "trainer.seed=0,1"],
-    "noise_sweep": ["trainer.epochs=1", "noise.rate=0,0.4", "trainer.seed=0"] + SMALL_CNN,
+    "noise_sweep": ["trainer.epochs=1", "noise.rate=0,0.4", "trainer.seed=0",
+                    "noise.seed=0"] + SMALL_CNN,
     "eps_alpha_grid": ["trainer.epochs=1", "augmentation.smoothing=0,0.1",
-                       "augmentation.mixup_alpha=0,1.0", "trainer.seed=0"] + SMALL_CNN,
+                       "augmentation.mixup_alpha=0,1.0", "trainer.seed=0", "noise.seed=0"]
+    + SMALL_CNN,
     "model_families": ["trainer.epochs=1", "augmentation.smoothing=0.1",
                        "augmentation.mixup_alpha=0.4", "trainer.seed=0",
                        "dataset.val_fraction=0"],
