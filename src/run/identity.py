@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import EXECUTION_KEYS, LOCATION_KEYS
-from src.mixing import method_name
+from src.mixing import MixSettings, method_name, uniform_mass
 
 SECTIONS = ("dataset", "model", "augmentation", "noise", "trainer")
 
@@ -37,6 +37,8 @@ def fingerprint(cfg: DictConfig) -> str:
 def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     """The keys that say which run this is (written into results.json and W&B)."""
     aug, noise = cfg.augmentation, cfg.noise
+    eps, smoothing_to = float(aug.smoothing), str(aug.smoothing_to)
+    mixing = MixSettings.from_config(aug)
     return {
         "experiment": cfg.task_name,
         "group": group,
@@ -44,9 +46,14 @@ def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "augmentation": aug.name,
-        "method": method_name(float(aug.mixup_alpha), float(aug.smoothing)),
+        "method": method_name(mixing.mixup_alpha, eps, cutmix_alpha=mixing.cutmix_alpha,
+                              mix_layer=mixing.mix_layer, mix_prob=mixing.mix_prob),
         "mixup_alpha": float(aug.mixup_alpha),
-        "smoothing": float(aug.smoothing),
+        "smoothing": eps,
+        # The convention of eps, and the uniform mass m of (1 - m) y + m / K it amounts to
+        # (eps over all classes; eps * K / (K - 1) over the others): comparable across both.
+        "smoothing_to": smoothing_to,
+        "smoothing_uniform_mass": uniform_mass(eps, smoothing_to, int(cfg.dataset.num_classes)),
         "noise": noise.name,
         "noise_rate": float(noise.rate),
         "noise_seed": int(noise.seed),

@@ -3,10 +3,15 @@
 A trainer trains K >= 1 members: one model (`SingleTrainer`), or K seeds of one configuration
 as one batched model (`StackedTrainer`). Both share everything but the model call: each
 member has its own generators (data order, crops, flips and Mixup permutations from a torch
-generator seeded with its seed; lambdas from numpy's), each step gathers a batch, crops, flips
-and normalises it over the whole batch, mixes it (src.mixing.mix) and takes the one update of
+generator seeded with its seed; lambdas, CutMix boxes and the other mixing draws from numpy's),
+each step gathers a batch, crops, flips and normalises it over the whole batch, mixes it
+(src.mixing: Mixup, CutMix, per batch, pair or sample; or hands lambda and the partners to
+the model, which mixes a hidden state: Manifold Mixup) and takes the one update of
 src.training.optim on the smoothed cross entropy. Per-step metrics stay on the device and are
-read once per epoch, so the step never waits for the host.
+read once per epoch, so the step never waits for the host. The trainer counts its finished
+epochs (`epochs_done`, kept in its state): smoothing starts after
+`augmentation.smoothing_start_epoch` of them (plain cross entropy before, as Wei et al. 2022
+warm up before smoothing).
 
 Stacked members (`trainer.parallel_seeds`): their parameters and buffers are stacked
 (`torch.func.stack_module_state`) and the architecture is called once per step through
@@ -39,7 +44,19 @@ from torch.func import functional_call, stack_module_state, vmap
 from src.augment import augment
 from src.config.options import CUDA_GRAPH_MODES
 from src.data.tensors import TrainData
-from src.mixing import lambda_weighted_hits, mix, mixup_smoothing_loss
+from src.mixing import (
+    MixSettings,
+    blend,
+    draw_epoch,
+    lambda_weighted_hits,
+    mix,
+    mix_images,
+    mixup_smoothing_loss,
+    pair_with,
+    partners,
+    share_within_pairs,
+    uniform_mass,
+)
 from src.training.device import Execution
 from src.training.model_cache import COMPILE_OPTIONS, compile_mode, compiled, fresh_model
 from src.training.optim import Optimisation
@@ -63,12 +80,15 @@ class EpochState:
     """An epoch under way: what a checkpoint keeps to resume it at the exact step."""
 
     order: torch.Tensor  # (K, N): each member's sample order
-    lams: torch.Tensor | None  # (K, steps): each member's Mixup lambdas, None without Mixup
+    # (K, steps), or (K, steps, B) with one per sample: each member's lambdas, None unmixed
+    lams: torch.Tensor | None
     step: int
     loss_sum: torch.Tensor  # (K,)
     correct_sum: torch.Tensor  # (K,)
     seconds: float
     lr: float
+    cut: torch.Tensor | None = None  # like lams, bool: CutMix instead of Mixup (both on)
+    boxes: torch.Tensor | None = None  # lams' shape + (4,): CutMix boxes, None without CutMix
 
 
 class Trainer:
@@ -79,8 +99,14 @@ class Trainer:
         self.data, self.cfg, self.ex = data, cfg, execution
         self.device = dev = execution.device
         self.seeds = [int(s) for s in seeds]
-        self.alpha = float(aug_cfg["mixup_alpha"])
-        self.eps = torch.tensor(float(aug_cfg["smoothing"]), device=dev)
+        self.mixing = MixSettings.from_config(aug_cfg)
+        # The loss takes the uniform mass of either smoothing convention (src.mixing).
+        mass = uniform_mass(float(aug_cfg["smoothing"]), aug_cfg.get("smoothing_to", "all"),
+                            data.num_classes)
+        self.eps = torch.tensor(mass, device=dev)
+        self.no_eps = torch.zeros((), device=dev)
+        self.smoothing_start_epoch = int(aug_cfg.get("smoothing_start_epoch", 0))
+        self.epochs_done = 0  # finished epochs: when smoothing starts
         n = len(data.train)
         self.batch_size = min(int(cfg["batch_size"]), n)
         # Fixed batch shapes (drop the last partial batch) keep compiled kernels reusable.
@@ -105,7 +131,10 @@ class Trainer:
         """Normalised, augmented float images of the gathered indices."""
         raise NotImplementedError
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor,
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Training logits; with `hidden_mix` = (lambda, partners) the model mixes the hidden
+        state after stage `augmentation.mix_layer` (Manifold Mixup)."""
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,40 +158,60 @@ class Trainer:
         return self.optim.lr
 
     def begin_epoch(self) -> None:
-        """Draw each member's sample order and Mixup lambdas for the epoch."""
+        """Draw each member's sample order and mixing (lambdas, CutMix boxes) for the epoch."""
         n, steps = len(self.data.train), self.steps_per_epoch
         order = torch.stack([torch.randperm(n, generator=g, device=self.device)
                              for g in self.gens])
-        lams = None
-        if self.alpha > 0:
+        lams = cut = boxes = None
+        if self.mixing.mixes:
             # Drawn on the host for the whole epoch and sent once: no sync inside the step.
-            draws = np.stack([r.beta(self.alpha, self.alpha, steps) for r in self.np_rngs])
-            lams = torch.from_numpy(draws).float().to(self.device)
+            hw = (int(self.data.train.x.shape[-2]), int(self.data.train.x.shape[-1]))
+            draws = [draw_epoch(self.mixing, r, steps, self.batch_size, hw)
+                     for r in self.np_rngs]
+            lams = torch.from_numpy(np.stack([d.lam for d in draws])).float().to(self.device)
+            if draws[0].cut is not None:
+                cut = torch.from_numpy(np.stack([d.cut for d in draws])).to(self.device)
+            if draws[0].boxes is not None:
+                boxes = torch.from_numpy(np.stack([d.boxes for d in draws])).to(self.device)
         zero = torch.zeros(len(self.seeds), device=self.device)
-        self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr)
+        self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr,
+                                      cut, boxes)
 
     def batch(self, step: int) -> tuple[torch.Tensor, ...]:
-        """Step `step` of the epoch: mixed images, both label sets and lambda."""
-        st, bs = self.epoch_state, self.batch_size
+        """Step `step` of the epoch: images, both label sets and lambda (per batch or per
+        sample). The images come mixed, or, under Manifold Mixup, unmixed and followed by
+        the partners that `step` hands to the model."""
+        st, bs, mixing = self.epoch_state, self.batch_size, self.mixing
         idx = self._rows(st.order)[..., step * bs:(step + 1) * bs]
         x = self._images(idx)
         y = self.data.train.y[idx]
         if st.lams is None:
             return x, y, y, torch.ones(idx.shape[:-1], device=self.device)
-        lam = self._rows(st.lams)[..., step]
-        perm = self._rows(torch.stack([torch.randperm(bs, generator=g, device=self.device)
+        lam = self._rows(st.lams[:, step])
+        perm = self._rows(torch.stack([partners(bs, mixing, g, self.device)
                                        for g in self.gens]))
-        x, y2 = mix(x, y, lam, perm)
-        return x, y, y2, lam
+        cut = None if st.cut is None else self._rows(st.cut[:, step])
+        boxes = None if st.boxes is None else self._rows(st.boxes[:, step])
+        if mixing.mix_mode == "pair":
+            lam, cut, boxes = (None if t is None else share_within_pairs(t, perm)
+                               for t in (lam, cut, boxes))
+        if mixing.manifold:
+            return x, y, pair_with(y, perm), lam, perm
+        if boxes is None:
+            x, y2 = mix(x, y, lam, perm)
+            return x, y, y2, lam
+        return mix_images(x, lam, perm, boxes, cut), y, pair_with(y, perm), lam
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
-             lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step; the detached loss and lambda-weighted hits of each member."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor,
+             perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; the detached loss and lambda-weighted hits of each member.
+        With `perm` (Manifold Mixup) the model mixes its hidden state with those partners."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with self.ex.autocast():
-            logits = self._forward(x)
-        loss = mixup_smoothing_loss(logits, y, y2, lam, self.eps)
+            logits = self._forward(x) if perm is None else self._forward(x, (lam, perm))
+        eps = self.eps if self.epochs_done >= self.smoothing_start_epoch else self.no_eps
+        loss = mixup_smoothing_loss(logits, y, y2, lam, eps)
         self.optim.update(loss.sum())
         return loss.detach(), lambda_weighted_hits(logits, y, y2, lam)
 
@@ -196,6 +245,7 @@ class Trainer:
             return [EpochStats(math.nan, math.nan, st.seconds, 0, st.lr, interrupted=True)
                     for _ in self.seeds]
         self.epoch_state = None
+        self.epochs_done += 1
         images = steps * self.batch_size
         # Divided on the host in float64: the figures do not depend on K.
         return [EpochStats(loss / steps, correct / images, st.seconds, images, st.lr,
@@ -211,7 +261,8 @@ class Trainer:
                  "gens": [g.get_state() for g in self.gens],
                  "np_rngs": [r.bit_generator.state for r in self.np_rngs],
                  "torch_rng": torch.get_rng_state(),  # dropout draws from the global generator
-                 "epoch_state": asdict(self.epoch_state) if self.epoch_state else None}
+                 "epoch_state": asdict(self.epoch_state) if self.epoch_state else None,
+                 "epochs_done": self.epochs_done}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -232,6 +283,7 @@ class Trainer:
             ep = EpochState(**{k: v.to(self.device) if torch.is_tensor(v) else v
                                for k, v in ep.items()})
         self.epoch_state = ep
+        self.epochs_done = int(state.get("epochs_done", 0))
 
 
 class SingleTrainer(Trainer):
@@ -265,8 +317,13 @@ class SingleTrainer(Trainer):
         d = self.data
         return self.normalise(augment(d.train.x[idx], d.crop_padding, d.hflip, self.gens[0]))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+    def _forward(self, x: torch.Tensor,
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if hidden_mix is None:
+            return self.forward(x)
+        lam, perm = hidden_mix
+        return self.forward(x, mix_at=self.mixing.mix_layer,
+                            mixer=lambda h: blend(h, lam, perm))
 
     def train_mode(self) -> None:
         self.model.train()
@@ -337,12 +394,22 @@ class StackedTrainer(Trainer):
                            [p for p in self.params.values() if p.ndim <= 2])
         self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
         self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
+        # Manifold Mixup: each member's lambda and partners go in with its batch.
+        self._mixed_fn = vmap(self._call_mixed, in_dims=(0, 0, 0, 0, 0), randomness="different")
         if bool(cfg.get("compile", False)):
             self._train_fn = torch.compile(self._train_fn, **COMPILE_OPTIONS)
             self._eval_fn = torch.compile(self._eval_fn, **COMPILE_OPTIONS)
+            self._mixed_fn = torch.compile(self._mixed_fn, **COMPILE_OPTIONS)
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (x,))
+
+    def _call_mixed(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
+                    perm: torch.Tensor) -> torch.Tensor:
+        """One member's forward that mixes the hidden state after stage `mix_layer`."""
+        return functional_call(self.base, (params, buffers), (x,),
+                               {"mix_at": self.mixing.mix_layer,
+                                "mixer": lambda h: blend(h, lam, perm)})
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -357,8 +424,11 @@ class StackedTrainer(Trainer):
                              for k, g in enumerate(self.gens)])
         return self.normalise(x)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._train_fn(self.params, self.buffers, x)
+    def _forward(self, x: torch.Tensor,
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if hidden_mix is None:
+            return self._train_fn(self.params, self.buffers, x)
+        return self._mixed_fn(self.params, self.buffers, x, *hidden_mix)
 
     def train_mode(self) -> None:
         self.base.train()
