@@ -100,9 +100,11 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
     if not done:
         return None
     if not cfg.skip_completed:
-        from src.training.checkpoint import remove_checkpoints
+        from src.training.checkpoint import BEST_WEIGHTS, LAST_WEIGHTS, remove_checkpoints
 
         remove_checkpoints(run_dir)  # asked to overwrite: never resume the old run
+        for name in (LAST_WEIGHTS, BEST_WEIGHTS):  # nor keep its weights beside new results
+            (run_dir / name).unlink(missing_ok=True)
         return None
     same = done.get("config_fingerprint") == fingerprint(cfg)
     status = done.get("status")

@@ -49,13 +49,16 @@ CASES = {
     "model_families": ["trainer.epochs=1", "augmentation.smoothing=0.1",
                        "augmentation.mixup_alpha=0.4", "trainer.seed=0",
                        "dataset.val_fraction=0"],
+    "gls_noise": ["trainer.epochs=2", "augmentation.smoothing_start_epoch=1",
+                  "augmentation.smoothing=0.2,-1.0", "augmentation.mixup_alpha=0,1.0",
+                  "noise.rate=0.4", "trainer.seed=0", "noise.seed=0"] + SMALL_CNN,
     "mixup_paper_cifar10": TINY_GPU_STUDY + ["noise.rate=0.5", "augmentation.mixup_alpha=0,8",
                                              "augmentation.smoothing=0,0.1"],
     "cifar10n": TINY_GPU_STUDY + ["noise.label_set=aggre,worse", "augmentation=none,mixup",
                                   "dataset.val_fraction=0"],
 }
 EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 6,
-                 "mixup_paper_cifar10": 4, "cifar10n": 4}
+                 "mixup_paper_cifar10": 4, "cifar10n": 4, "gls_noise": 4}
 
 
 def test_every_experiment_file_has_a_case():

@@ -14,6 +14,7 @@ from tests.conftest import TINY, make_cfg, popen_module, run_module
 
 # Long enough to be stopped in the middle, short enough for CI (~0.1 s an epoch).
 LONG = ["trainer.epochs=30", "trainer.batch_size=32", "model=cnn", "model.channels=[16,32]",
+        "trainer.checkpoint_interval_s=0",
         "trainer.progress=false", "augmentation=mixup_smoothing", "noise=symmetric",
         "noise.rate=0.3"]
 SAME = ["final_test_acc", "best_test_acc", "best_epoch", "final_test_loss", "final_test_ece",

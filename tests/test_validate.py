@@ -9,7 +9,6 @@ from tests.conftest import make_cfg
 # (overrides, key the message must name)
 BAD = [
     (["augmentation.smoothing=1.0"], "augmentation.smoothing"),
-    (["augmentation.smoothing=-0.1"], "augmentation.smoothing"),
     (["augmentation.smoothing=abc"], "augmentation.smoothing"),
     (["augmentation.mixup_alpha=-1"], "augmentation.mixup_alpha"),
     (["augmentation.mixup_alpha=true"], "augmentation.mixup_alpha"),

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 # How a run executes or reports, not what it computes.
 EXECUTION_KEYS: tuple[str, ...] = (
     "trainer.device", "trainer.progress", "trainer.eval_batch_size", "trainer.compile",
-    "trainer.checkpoint_every", "trainer.keep_checkpoint", "trainer.parallel_seeds",
-    "trainer.threads",
+    "trainer.checkpoint_every", "trainer.checkpoint_interval_s", "trainer.keep_checkpoint",
+    "trainer.parallel_seeds",
+    "trainer.threads", "trainer.save_weights", "trainer.save_best", "trainer.profile",
 )
 # Where an input lives is not what it is: these are replaced by the content hash of the
 # file they name (src.run.identity), so a moved archive is the same run and a changed one not.

@@ -143,8 +143,11 @@ TRAINER = {
     "compile": choice(True, False, *COMPILE_MODES),
     "channels_last": choice("auto", True, False), "seed": SEED,
     "progress": choice("auto", True, False),
-    "checkpoint_every": integer(0), "keep_checkpoint": BOOL,
+    "checkpoint_every": integer(0), "checkpoint_interval_s": number(0, float("inf")),
+    "keep_checkpoint": BOOL,
     "parallel_seeds": list_of(SEED),
+    "save_weights": BOOL, "save_best": choice("val", "none"), "overfit_batches": integer(0),
+    "profile": BOOL,
     "threads": Rule(lambda v: v == "auto" or (_is_int(v) and 1 <= v <= 4096),
                     "auto or an integer from 1 to 4096"),
 }

@@ -10,7 +10,7 @@ share the cached images).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +109,9 @@ def prepare_data(cfg: DictConfig, device: torch.device, channels_last: bool,
         crop_padding=int(ds.augment.crop_padding), hflip=bool(ds.augment.hflip),
     )
     return data, noisy
+
+
+def first_samples(data: TrainData, n: int) -> TrainData:
+    """The training split cut to its first `n` samples (their labels before noise too);
+    validation and test stay whole. trainer.overfit_batches: the same batches every epoch."""
+    return replace(data, train=Split(data.train.x[:n], data.train.y[:n]), y_true=data.y_true[:n])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.data.tensors import TrainData, prepare_data
+from src.data.tensors import TrainData, first_samples, prepare_data
 from src.files import write_json_atomic
 from src.loggers import NullLogger, make_logger, run_name
 from src.noise import noise_metrics
@@ -30,7 +30,14 @@ from src.run.identity import fingerprint, flat_settings, input_records, run_iden
 from src.run.lock import run_folder_lock
 from src.run.records import METRICS, RESULTS, now_iso, summarise, write_metrics
 from src.run.signals import SIGNALS
-from src.training.checkpoint import load_checkpoint, remove_checkpoints, save_checkpoint
+from src.training.checkpoint import (
+    BEST_WEIGHTS,
+    LAST_WEIGHTS,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+    save_weights,
+)
 from src.training.device import Execution, resolve_execution
 from src.training.evaluate import (
     calibration_metrics,
@@ -38,6 +45,7 @@ from src.training.evaluate import (
     temperature_scaled_ece,
 )
 from src.training.model_cache import get_model
+from src.training.profiling import step_profiler
 from src.training.threads import apply_threads, launcher_jobs
 from src.training.trainer import EpochStats, SingleTrainer, StackedTrainer, Trainer
 
@@ -134,6 +142,9 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
         threads = apply_threads(cfgs[0].trainer.threads, jobs) if ex.device.type == "cpu" \
             else torch.get_num_threads()
         data, noisy = prepare_data(cfgs[0], ex.device, ex.channels_last, dirs)
+        overfit = int(cfgs[0].trainer.overfit_batches)
+        if overfit > 0:  # debug=overfit: the same few batches every epoch
+            data = first_samples(data, overfit * int(cfgs[0].trainer.batch_size))
         for m in members:
             m.record = results_header(m.cfg, group, noisy, ex, started, threads)
             # The exact config of these results, beside them (Hydra's .hydra/ is rewritten
@@ -228,18 +239,24 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
     not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
     tcfg = cfgs[0].trainer
     epochs, every, ckpt_every = int(tcfg.epochs), int(tcfg.eval_every), int(tcfg.checkpoint_every)
+    # Periodic checkpoints at most this often: a run of sub-second epochs would otherwise spend
+    # more time writing checkpoints than training. A signal still checkpoints at once.
+    interval, last_saved = float(tcfg.checkpoint_interval_s), time.perf_counter()
     desc = run_name(run_identity(cfgs[0], group))
     if len(members) > 1:
         desc += f" (+{len(members) - 1} seeds)"
     with Progress(tcfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
                   job=job, batch_size=trainer.batch_size * len(members)) as progress, \
-            SIGNALS.deferred():
+            SIGNALS.deferred(), \
+            step_profiler(bool(tcfg.profile), members[0].run_dir, trainer.device) as profiler:
+        on_step = progress.step if profiler is None else \
+            (lambda: (progress.step(), profiler.step()))
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             if trainer.device.type == "cpu":
                 apply_threads(tcfg.threads, cpu_jobs)  # jobs started or ended meanwhile
             progress.start_epoch(epoch)
-            stats = trainer.train_epoch(SIGNALS, on_step=progress.step)
+            stats = trainer.train_epoch(SIGNALS, on_step=on_step)
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
                 _checkpoint(cfgs, trainer, state)
                 SIGNALS.raise_if_requested()
@@ -248,10 +265,14 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
                 _record_evaluation(members, trainer, data, stats, state, epoch, t0, progress)
             state.epoch = epoch
             last = epoch == epochs
-            if (ckpt_every and epoch % ckpt_every == 0 and not last) or (
-                    last and tcfg.keep_checkpoint):
+            due = (ckpt_every and epoch % ckpt_every == 0 and not last
+                   and time.perf_counter() - last_saved >= interval)
+            if due or (last and tcfg.keep_checkpoint):
                 _checkpoint(cfgs, trainer, state)
-            SIGNALS.raise_if_requested()  # a signal during evaluation: the checkpoint is current
+                last_saved = time.perf_counter()
+            if SIGNALS() and not due:  # a signal during evaluation: save this epoch first
+                _checkpoint(cfgs, trainer, state)
+            SIGNALS.raise_if_requested()
             if not any(state.active):
                 break
     for k, m in enumerate(members):
@@ -262,6 +283,8 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
         if len(members) > 1:  # their times are the job's, shared
             m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
+        if tcfg.save_weights and m.record["status"] == "completed":
+            save_weights(m.run_dir / LAST_WEIGHTS, member_weights(trainer, k))
 
 
 # A loss this far above a uniform guess's (log K) has exploded: no soft target of the suite
@@ -292,7 +315,9 @@ def _record_training(members: list[Member], stats: list[EpochStats], state: JobS
     k_classes = data.num_classes
     # Labels a model can fit beyond chance: not (close to) uniformly random.
     noise = float(members[0].record.get("noise_rate_realized") or 0.0)
-    learnable = noise <= 0.8 * (k_classes - 1) / k_classes
+    # (debug=overfit counts epochs of one batch: no chance rule there.)
+    learnable = noise <= 0.8 * (k_classes - 1) / k_classes and \
+        not int(members[0].cfg.trainer.overfit_batches)
     for k, st in enumerate(stats):
         if not state.active[k]:
             continue
@@ -324,10 +349,27 @@ def _record_evaluation(members: list[Member], trainer: Trainer, data: TrainData,
                "images_per_s": st.images / max(st.seconds, 1e-9)}
         state.histories[k].append(row)
         write_metrics(members[k].run_dir / METRICS, state.histories[k])
+        if members[k].cfg.trainer.save_best == "val" and new_best_val(state.histories[k]):
+            save_weights(members[k].run_dir / BEST_WEIGHTS, member_weights(trainer, k))
         if members[k].logger is not None:
             members[k].logger.log_epoch(row)
         rows.append(row)
     progress.end_epoch(_mean_row(rows))
+
+
+def new_best_val(history: list[dict[str, Any]]) -> bool:
+    """Whether the last row's validation accuracy beats every earlier one (ties keep the
+    earlier epoch, as `summarise` picks it)."""
+    last = history[-1].get("val_acc")
+    return last is not None and all(last > r["val_acc"] for r in history[:-1]
+                                    if r.get("val_acc") is not None)
+
+
+def member_weights(trainer: Trainer, k: int) -> dict[str, Any]:
+    """Member k's weights as its separate run's model.state_dict() has them."""
+    if isinstance(trainer, SingleTrainer):
+        return trainer.model.state_dict()
+    return trainer.member_state_dict(k)
 
 
 def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

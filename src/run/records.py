@@ -38,7 +38,8 @@ IDENTITY_FIELDS: tuple[Field, ...] = (
     Field("dataset", "str", "dataset name"),
     Field("model", "str", "model name"),
     Field("augmentation", "str", "the augmentation config chosen"),
-    Field("method", "str", "none, mixup, smoothing or mixup_smoothing, from the values"),
+    Field("method", "str", "what the values make of it: none, mixup, manifold_mixup, cutmix or "
+          "mixup_cutmix, with _smoothing added when eps != 0 (smoothing alone: smoothing)"),
     Field("mixup_alpha", "float", "Mixup alpha (0 = off)"),
     Field("smoothing", "float", "label smoothing eps (0 = off)"),
     Field("smoothing_to", "str", "the smoothing convention: all (eps/K on every class) or "
