@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 class AnalyseSweep(Callback):
     """After a multirun, run the analysis over its sweep folder and print the tables."""
 
-    def __init__(self, enabled: bool = True, quiet: bool = False) -> None:
-        self.enabled, self.quiet = enabled, quiet
+    def __init__(self, enabled: bool = True, quiet: bool = False,
+                 figures: list[str] | tuple[str, ...] = ("png", "pdf")) -> None:
+        self.enabled, self.quiet, self.figures = enabled, quiet, tuple(figures)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
@@ -29,11 +30,13 @@ class AnalyseSweep(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            out = analyse([sweep_dir], quiet=self.quiet)
+            out = analyse([sweep_dir], quiet=self.quiet, figure_formats=self.figures)
         except AnalysisError as err:  # e.g. every job was skipped for bad input
             log.warning("no analysis of %s: %s", sweep_dir, err)
             return
         print(f"\nAnalysis written to {out} (report: {out / 'report.md'})")
+        if "pdf" not in self.figures:
+            print(f"Figures as PNG; for PDF too: python -m analysis {sweep_dir}")
 
 
 def run_statuses(sweep_dir: Path) -> Counter[str]:

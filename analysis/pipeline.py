@@ -69,7 +69,7 @@ def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
 
 
 def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[str],
-                  out: Path) -> list[Path]:
+                  out: Path, formats: tuple[str, ...] = plots.FORMATS) -> list[Path]:
     """Per family of panels (differing only in noise rate): one heatmap figure per metric on a
     shared colour scale and, where rates vary, accuracy against noise rate; per panel,
     training curves. Each as PNG and PDF; returns the paths written, PNG first."""
@@ -80,13 +80,13 @@ def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[
                      if g.metric == metric]
             if items:
                 written += plots.save(plots.heatmap(items, name),
-                                      folder / file_stem(slug(name), metric, "heatmap"))
+                                      folder / file_stem(slug(name), metric, "heatmap"), formats)
         if len({p.values["noise_rate"] for p in members}) > 1:
             written += plots.save(plots.noise_plot(name, plots.choose_per_rate(members)),
-                                  folder / file_stem(slug(name), "acc_vs_noise_rate"))
+                                  folder / file_stem(slug(name), "acc_vs_noise_rate"), formats)
     for p in panels:
         fig = plots.training_curves(p)
-        written += plots.save(fig, folder / file_stem(p.slug, "curves")) if fig else []
+        written += plots.save(fig, folder / file_stem(p.slug, "curves"), formats) if fig else []
     return written
 
 
@@ -153,7 +153,8 @@ def aggregate_runs(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
 
 def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None, *,
             quiet: bool = False, push_wandb: bool = False, allow_duplicates: bool = False,
-            eps_axis: str = "smoothing", stats: StatsOptions | None = None) -> Path:
+            eps_axis: str = "smoothing", stats: StatsOptions | None = None,
+            figure_formats: tuple[str, ...] = plots.FORMATS) -> Path:
     """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder.
     `eps_axis`: the tables' rows, "smoothing" (ε as configured) or "uniform_mass". `stats`:
     how claims are tested (correction, δ, minimum pairs); findings.csv holds every claim."""
@@ -165,7 +166,7 @@ def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None
     grids = make_grids(panels, eps_axis)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     write_grids(panels, grids, out)
-    written = write_figures(panels, grids, keys, out)
+    written = write_figures(panels, grids, keys, out, figure_formats)
     figures = [p for p in written if p.suffix == ".png"]
     findings = _findings(runs, paths, panels, grids, figures, stats)
     frames = {"runs": runs.table, "problems": runs.problems,

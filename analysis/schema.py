@@ -24,6 +24,7 @@ OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s")
 META = (
     "status", "error", "experiment", "group", "run_dir", "augmentation", "device", "amp",
     "started_at", "finished_at", "results_mtime", "config_fingerprint", "trained_with_seeds",
+    "trained_with",
 )
 # Replicates of one setting: the training seed and the seed of the label-noise draw. A cell's
 # mean is over both (each noise draw is a sample of the same noise model, as each
