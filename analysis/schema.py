@@ -17,12 +17,13 @@ METRICS = (
     "final_test_ece_ts",
 )
 # Per-run outputs that are not averaged; never part of a run's identity.
-OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s")
+OTHER_OUTPUTS = ("best_epoch", "epochs_done", "images_per_s", "eval_time_s",
+                 "final_temperature")
 # Bookkeeping. `augmentation` is the config's name only: α = ε = 0 under `mixup_smoothing`
 # is the same training as `none`, so the numbers (and `method`) say what a run is.
 # `config_fingerprint` hashes the whole config, seed included: an identity, not a setting.
 META = (
-    "status", "error", "experiment", "group", "run_dir", "augmentation", "device", "amp",
+    "status", "error", "experiment", "group", "run_dir", "augmentation", "device", "amp", "threads",
     "started_at", "finished_at", "results_mtime", "config_fingerprint", "trained_with_seeds",
     "trained_with",
 )

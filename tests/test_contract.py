@@ -37,6 +37,18 @@ def test_a_run_writes_exactly_the_contract(tmp_path: Path):
     assert {"test_ece_ts", "temperature"} <= set(row)  # the last epoch has them
 
 
+def test_every_output_field_is_an_output_to_the_analysis():
+    """A field the analysis does not know counts as a setting and splits cells: every field a
+    run measures (or that says how it ran) must be known as such, or each run is its own cell."""
+    from analysis.schema import NOT_CONFIG
+    from src.run.records import CLOSING_FIELDS, SUMMARY_FIELDS, TIMING_FIELDS
+
+    outputs = {f.name for f in TIMING_FIELDS + SUMMARY_FIELDS + CLOSING_FIELDS + OPTIONAL_FIELDS}
+    outputs |= {"status", "error", "run_dir", "device", "amp", "threads", "started_at",
+                "config_fingerprint"}
+    assert outputs <= set(NOT_CONFIG), outputs - set(NOT_CONFIG)
+
+
 def test_every_aggregated_metric_is_a_result_field():
     names = {f.name for f in RESULT_FIELDS}
     assert set(METRICS) <= names, set(METRICS) - names
