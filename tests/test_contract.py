@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from analysis.schema import METRICS
 from src.files import read_json
 from src.run.records import EPOCH_FIELDS, OPTIONAL_FIELDS, RESULT_FIELDS, read_metrics
@@ -52,3 +54,22 @@ def test_every_output_field_is_an_output_to_the_analysis():
 def test_every_aggregated_metric_is_a_result_field():
     names = {f.name for f in RESULT_FIELDS}
     assert set(METRICS) <= names, set(METRICS) - names
+
+
+def test_ece_agrees_with_torchmetrics():
+    """The suite computes ECE itself (on the device, for K stacked members at once, with no
+    host sync inside training); torchmetrics' implementation is the cross-check."""
+    import torch
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    from src.training.evaluate import calibration_metrics, classification_metrics
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 7, generator=g) * 3
+    labels = torch.randint(0, 7, (500,), generator=g)
+    ours = classification_metrics(logits, labels)["ece"]
+    ref = MulticlassCalibrationError(num_classes=7, n_bins=15, norm="l1")(logits.softmax(-1),
+                                                                           labels)
+    assert ours == pytest.approx(float(ref), abs=1e-6)
+    parts = calibration_metrics(logits, labels)
+    assert parts["ece_over"] + parts["ece_under"] == pytest.approx(ours, abs=1e-6)
