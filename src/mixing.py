@@ -324,12 +324,15 @@ def mixup_smoothing_loss(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor
     """Cross entropy against smooth(lam * onehot(y) + (1 - lam) * onehot(y2)), without one-hots.
 
     logits (..., B, K), labels (..., B), lam of shape (...) (one per batch) or (..., B) (one
-    per sample); eps is the uniform mass m (`uniform_mass`), any m < 1: the batch mean for each
-    leading index, so K members trained together get their K losses from one call. With m < 0
-    the loss can be negative (the target has negative entries).
+    per sample); eps is the uniform mass m (`uniform_mass`), any m < 1, one for all (a scalar)
+    or one per leading index (...) (members trained together, each with its own eps): the batch
+    mean for each leading index, so K members trained together get their K losses from one
+    call. With m < 0 the loss can be negative (the target has negative entries).
     """
     logp = F.log_softmax(logits.float(), dim=-1)
     uniform = -logp.mean(-1)  # cross entropy against the uniform target eps / K
+    if 0 < eps.ndim < y.ndim:
+        eps = eps[..., None]  # each member's over its batch
 
     def ce(labels: torch.Tensor) -> torch.Tensor:
         return (1 - eps) * -logp.gather(-1, labels[..., None]).squeeze(-1) + eps * uniform

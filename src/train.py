@@ -2,7 +2,9 @@
 
 Thin by design: validate the composed config, skip the runs that are already complete, hand
 the rest to src.run.lifecycle. A failing job of a multirun is recorded as failed and the sweep
-goes on; a signal stops the whole process (src.run.signals).
+goes on; a signal stops the whole process (src.run.signals). Under `hydra/launcher=batched`
+(hydra_plugins/lsmix_batched_launcher) the launcher hands a batch of a sweep's jobs to
+`train_batch`, which does the same for each job and trains their runs together.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +66,69 @@ def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[s
     check_data(cfg)
     members = member_configs(cfg)
     done = [completed_results(m) for m in members]
-    todo = [m for m, d in zip(members, done) if d is None]
+    todo = [k for k, d in enumerate(done) if d is None]
     if todo:
         from src.run.lifecycle import run_job  # torch is imported only for a good config
 
-        trained = iter(run_job(todo, group, spread))
-        done = [d if d is not None else next(trained) for d in done]
-    if len(members) == 1:
+        for k, res in zip(todo, run_job([members[k] for k in todo], group, spread)):
+            done[k] = res
+    return job_results(done)
+
+
+def job_results(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """A job's results: its one run's, or {"final_test_acc": the mean, "runs": each run's}."""
+    if len(done) == 1:
         return done[0]
     accs = [r["final_test_acc"] for r in done if r.get("final_test_acc") is not None]
     return {"final_test_acc": sum(accs) / len(accs) if accs else None, "runs": done}
+
+
+@dataclass
+class LaunchedJob:
+    """One job of a sweep, as the batched launcher composed it."""
+
+    cfg: DictConfig  # its config, paths.run_dir the folder Hydra gives the job
+    group: str  # its sweep folder name (hydra.job.override_dirname)
+    hydra: DictConfig | None = None  # its Hydra config, for its .hydra record
+
+
+def train_batch(jobs: list[LaunchedJob]) -> list[float | None]:
+    """The batched launcher's entry: each job is validated and its completed runs skipped as
+    `main` does (a bad job fails alone, recorded as a failed job of the sweep), then the runs
+    still to train, of every job, train together as one batched model (src.run.lifecycle; they
+    may differ only in src.config.BATCHABLE_KEYS). Each job's final test accuracy, as `main`
+    returns it (None for a failed job)."""
+    out: list[float | None] = [None] * len(jobs)
+    ready: list[tuple[int, list[DictConfig], list[dict[str, Any] | None]]] = []
+    for j, job in enumerate(jobs):
+        try:
+            validate(job.cfg)
+            check_data(job.cfg)
+            members = member_configs(job.cfg)
+            ready.append((j, members, [completed_results(m) for m in members]))
+        except Exception as err:
+            _job_failed(Path(job.cfg.paths.run_dir), err, multirun=True)
+    todo = [(j, k, m) for j, members, done in ready for k, (m, d) in enumerate(zip(members, done))
+            if d is None]
+    failed: set[int] = set()
+    if todo:
+        from src.run.lifecycle import run_job
+
+        try:
+            trained = run_job([m for _, _, m in todo], [jobs[j].group for j, _, _ in todo],
+                              hydra=[jobs[j].hydra for j, _, _ in todo])
+        except Exception as err:
+            failed = {j for j, _, _ in todo}
+            for j in sorted(failed):
+                _job_failed(Path(jobs[j].cfg.paths.run_dir), err, multirun=True)
+        else:
+            by_job = {j: done for j, _, done in ready}
+            for (j, k, _), res in zip(todo, trained):
+                by_job[j][k] = res
+    for j, _, done in ready:
+        if j not in failed:
+            out[j] = job_results(done).get("final_test_acc")
+    return out
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -159,25 +215,30 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra's entry: returns the final test accuracy (for sweepers that optimise it)."""
     hc = HydraConfig.get()
     group, multirun = hc.job.override_dirname, hc.mode == RunMode.MULTIRUN
-    run_dir = Path(cfg.paths.run_dir)
     try:
         results = train(cfg, group=group, spread=parallel_job_number())
-    except ConfigError as err:
+    except Exception as err:
+        _job_failed(Path(cfg.paths.run_dir), err, multirun)
+        return None  # one failed job must not end the sweep
+    return results.get("final_test_acc")
+
+
+def _job_failed(run_dir: Path, err: Exception, multirun: bool) -> None:
+    """Report a job that did not complete: a configuration error is one paragraph (exit 2
+    outside a sweep) and leaves no empty folder; any other error has already marked its run
+    failed in results.json (exit 1 outside a sweep). In a sweep the job is listed at the end."""
+    if isinstance(err, ConfigError):
         if not isinstance(err, RunBusy):  # a busy folder is another job's, not ours to drop
             _drop_empty_run_dir(run_dir)
         print(f"Configuration error: {err}. Nothing was trained.", file=sys.stderr)
         if not multirun:
             sys.exit(2)
         _FAILED_JOBS.append(f"{run_dir}: {err}")
-        return None
-    except Exception as err:
-        # The run's results.json already says failed, with the error.
-        log.exception("run failed")
-        if not multirun:
-            sys.exit(1)
-        _FAILED_JOBS.append(f"{run_dir}: {type(err).__name__}: {err}")
-        return None  # one failed job must not end the sweep
-    return results.get("final_test_acc")
+        return
+    log.error("run failed", exc_info=err)
+    if not multirun:
+        sys.exit(1)
+    _FAILED_JOBS.append(f"{run_dir}: {type(err).__name__}: {err}")
 
 
 def cli() -> None:

@@ -4,7 +4,9 @@ checks a composed config passes before anything is trained or written (src.confi
 The key lists below are the one place these facts are written. The fingerprint of a run
 (src.run.identity) leaves out the execution and location keys, and Hydra's sweep folder names
 (`hydra.job.override_dirname`, conf/hydra/default.yaml) leave out those and the replicate
-and launch keys, through the `sweep_dirname_excludes` resolver registered here.
+and launch keys, through the `sweep_dirname_excludes` resolver registered here. The runs
+trained together as one batched model (src.training.trainer.StackedTrainer) may differ in the
+batchable keys only (src.run.batches checks it, the batched launcher groups a sweep by it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ REPLICATE_KEYS: tuple[str, ...] = ("trainer.seed",)
 # Keys of the launch, the logger and the output folders: never part of what a run is.
 LAUNCH_KEYS: tuple[str, ...] = (
     "experiment", "skip_completed", "logger", "logger.mode", "logger.project", "logger.entity",
-    "paths.output_dir", "hydra.launcher.n_jobs", "hydra/launcher", "debug", "local",
+    "paths.output_dir", "hydra.launcher.n_jobs", "hydra.launcher.max_members", "hydra/launcher",
+    "debug", "local",
+)
+# What may differ between runs trained together as one batched model: each member's draws come
+# from its own generators seeded by its seed, its lambdas from its own alpha, and its loss takes
+# its own uniform mass (a (K,) tensor), from its own epoch on. Everything else (model, data,
+# noise, optimiser, batch size, epochs, the other mixing keys) is one for the whole batch.
+# `augmentation.name` only names what the values make of it (mixup, smoothing, ...).
+BATCHABLE_KEYS: tuple[str, ...] = (
+    "trainer.seed", "augmentation.name", "augmentation.mixup_alpha", "augmentation.smoothing",
+    "augmentation.smoothing_start_epoch",
 )
 
 

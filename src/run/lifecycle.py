@@ -2,9 +2,13 @@
 
 A member is one run: one configuration and seed, one run folder, one results.json. A plain job
 has one member; `trainer.parallel_seeds` gives a job K members that train together as one
-batched model (src.training.trainer.StackedTrainer). Everything else is written once here for
-both: the lock on the run folders, the records (src.run.records), divergence, evaluation,
-metrics, progress, checkpoints, the signal policy (src.run.signals) and the external loggers.
+batched model (src.training.trainer.StackedTrainer), and the batched launcher
+(hydra_plugins/lsmix_batched_launcher) hands it the runs of a sweep that differ only in the
+batchable keys (src.config.BATCHABLE_KEYS, checked by src.run.batches). Each member keeps its
+own group, records, metrics and logger, as its separate run would. Everything else is written
+once here for both: the lock on the run folders, the records (src.run.records), divergence,
+evaluation, metrics, progress, checkpoints, the signal policy (src.run.signals) and the external
+loggers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from src.files import write_json_atomic
 from src.loggers import NullLogger, make_logger, run_name
 from src.noise import noise_metrics
 from src.progress import Progress
+from src.run.batches import check_batch, describe_batch, differing_keys
 from src.run.identity import fingerprint, flat_settings, input_records, run_identity
 from src.run.lock import run_folder_lock
 from src.run.records import METRICS, RESULTS, now_iso, summarise, write_metrics
@@ -90,15 +95,16 @@ def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution, start
             "config": flat_settings(cfg)}
 
 
-def save_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+def save_hydra_record(cfg: DictConfig, run_dir: Path, hydra: DictConfig | None = None) -> None:
     """Hydra's record of the job (.hydra/config.yaml, hydra.yaml, overrides.yaml), written
     here once the job owns its folder rather than by Hydra before the job starts
-    (`hydra.output_subdir: null`): a job refused for its folder rewrites nothing there."""
+    (`hydra.output_subdir: null`): a job refused for its folder rewrites nothing there.
+    `hydra`: the job's own Hydra config (a batch of a sweep's jobs), else the current one."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
+    if hydra is None and not HydraConfig.initialized():
         return
-    hc = HydraConfig.get()
+    hc = hydra if hydra is not None else HydraConfig.get()
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml")
@@ -114,8 +120,9 @@ def job_fingerprint(cfgs: list[DictConfig]) -> str:
     return hashlib.sha256(joined).hexdigest()[:16]
 
 
-def build_trainer(cfg: DictConfig, data: TrainData, ex: Execution, seeds: list[int]) -> Trainer:
-    """One model, or the members' seeds as one batched model."""
+def build_trainer(cfgs: list[DictConfig], data: TrainData, ex: Execution) -> Trainer:
+    """One model, or the members as one batched model (each with its seed, alpha and eps)."""
+    cfg, seeds = cfgs[0], [int(c.trainer.seed) for c in cfgs]
     in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
     if len(seeds) == 1:
         # Seeded, built and laid out as a fresh build; a compiled run reuses this process's
@@ -123,17 +130,24 @@ def build_trainer(cfg: DictConfig, data: TrainData, ex: Execution, seeds: list[i
         model = get_model(cfg.model, in_shape, data.num_classes, ex, seeds[0],
                           reuse=bool(cfg.trainer.compile))
         return SingleTrainer(model, data, cfg.trainer, cfg.augmentation, ex, seeds[0])
-    return StackedTrainer(cfg.model, in_shape, data, cfg.trainer, cfg.augmentation, ex, seeds)
+    return StackedTrainer(cfg.model, in_shape, data, cfg.trainer,
+                          [c.augmentation for c in cfgs], ex, seeds)
 
 
-def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
-            ) -> list[dict[str, Any]]:
-    """Train the members (configs that differ only in the seed); return each results object."""
+def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | None = None,
+            hydra: list[DictConfig | None] | None = None) -> list[dict[str, Any]]:
+    """Train the members (configs that differ only in src.config.BATCHABLE_KEYS, each with its
+    own folder); return each results object. `group`: the sweep folder name (W&B and results
+    `group`) of every member, or one per member; `hydra`: each member's Hydra config for its
+    .hydra record (None: the current one)."""
+    check_batch(cfgs)  # before anything is written
+    groups = [group] * len(cfgs) if isinstance(group, str) else list(group)
+    records = hydra if hydra is not None else [None] * len(cfgs)
     members = [Member(c, Path(c.paths.run_dir), {}) for c in cfgs]
     dirs = [m.run_dir for m in members]
     with run_folder_lock(dirs):
-        for m in members:
-            save_hydra_record(m.cfg, m.run_dir)
+        for m, hc in zip(members, records):
+            save_hydra_record(m.cfg, m.run_dir, hc)
         started = now_iso()
         # Bad devices, missing files and noise that does not fit the data raise ConfigError
         # here, before a results.json exists that analysis could take for a run.
@@ -145,20 +159,20 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
         overfit = int(cfgs[0].trainer.overfit_batches)
         if overfit > 0:  # debug=overfit: the same few batches every epoch
             data = first_samples(data, overfit * int(cfgs[0].trainer.batch_size))
-        for m in members:
-            m.record = results_header(m.cfg, group, noisy, ex, started, threads)
+        for m, g in zip(members, groups):
+            m.record = results_header(m.cfg, g, noisy, ex, started, threads)
             # The exact config of these results, beside them (Hydra's .hydra/ is rewritten
             # on reruns).
             OmegaConf.save(m.cfg, m.run_dir / "config.yaml", resolve=True)
         state = JobState.fresh(len(members))
         try:
-            trainer = build_trainer(cfgs[0], data, ex, [int(c.trainer.seed) for c in cfgs])
+            trainer = build_trainer(cfgs, data, ex)
             state = _resume(cfgs, trainer, dirs[0], state)
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
-                members[0].logger = _open_logger(members[0], group, resumed)
+                members[0].logger = _open_logger(members[0], groups[0], resumed)
             _fit(cfgs, members, trainer, data, state, jobs if ex.device.type == "cpu" else None,
-                 job=None if spread is None else str(spread), group=group)
+                 job=None if spread is None else str(spread), group=groups[0])
             if all(m.record["status"] != "running" for m in members) and \
                     not cfgs[0].trainer.keep_checkpoint:
                 remove_checkpoints(dirs[0])
@@ -169,12 +183,12 @@ def run_job(cfgs: list[DictConfig], group: str = "", spread: int | None = None
                     m.record["status"], m.record["error"] = status, f"{type(err).__name__}: {err}"
             raise
         finally:
-            for m, history in zip(members, state.histories):
+            for m, g, history in zip(members, groups, state.histories):
                 m.record.update(summarise(history))
                 m.record["epochs_done"] = history[-1]["epoch"] if history else 0
                 m.record["finished_at"] = now_iso()
                 write_json_atomic(m.run_dir / RESULTS, m.record)
-                _close_logger(m, group, history)
+                _close_logger(m, g, history)
     return [m.record for m in members]
 
 
@@ -244,7 +258,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
     interval, last_saved = float(tcfg.checkpoint_interval_s), time.perf_counter()
     desc = run_name(run_identity(cfgs[0], group))
     if len(members) > 1:
-        desc += f" (+{len(members) - 1} seeds)"
+        desc += f" (+{len(members) - 1} {'seeds' if seeds_only(cfgs) else 'runs'})"
     with Progress(tcfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
                   job=job, batch_size=trainer.batch_size * len(members)) as progress, \
             SIGNALS.deferred(), \
@@ -281,10 +295,17 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
         m.record["train_time_s"] = state.train_s[k]
         m.record["eval_time_s"] = state.eval_s
         if len(members) > 1:  # their times are the job's, shared
-            m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
+            if seeds_only(cfgs):
+                m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
+            m.record["trained_with"] = describe_batch(cfgs, job_fingerprint(cfgs))
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
         if tcfg.save_weights and m.record["status"] == "completed":
             save_weights(m.run_dir / LAST_WEIGHTS, member_weights(trainer, k))
+
+
+def seeds_only(cfgs: list[DictConfig]) -> bool:
+    """Whether the members are seeds of one configuration (trainer.parallel_seeds)."""
+    return set(differing_keys(cfgs)) <= {"trainer.seed", "paths.run_dir"}
 
 
 # A loss this far above a uniform guess's (log K) has exploded: no soft target of the suite

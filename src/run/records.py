@@ -104,6 +104,9 @@ CLOSING_FIELDS: tuple[Field, ...] = (
 OPTIONAL_FIELDS: tuple[Field, ...] = (
     Field("trained_with_seeds", "str", "seeds trained together as one batched model "
           "(trainer.parallel_seeds), e.g. 0,1,2; their times are the job's, shared"),
+    Field("trained_with", "str", "runs trained together as one batched model (parallel_seeds "
+          "or hydra/launcher=batched): how many, the keys they differ in and the batch's id, the "
+          "same in each of its runs; their times are the batch's, shared"),
 )
 RESULT_FIELDS: tuple[Field, ...] = (IDENTITY_FIELDS + TIMING_FIELDS + SUMMARY_FIELDS
                                    + CLOSING_FIELDS + OPTIONAL_FIELDS)

@@ -1,30 +1,37 @@
 """The training loop: whole dataset on the device, batches as index gathers, no workers.
 
-A trainer trains K >= 1 members: one model (`SingleTrainer`), or K seeds of one configuration
-as one batched model (`StackedTrainer`). Both share everything but the model call: each
-member has its own generators (data order, crops, flips and Mixup permutations from a torch
-generator seeded with its seed; lambdas, CutMix boxes and the other mixing draws from numpy's),
-each step gathers a batch, crops, flips and normalises it over the whole batch, mixes it
-(src.mixing: Mixup, CutMix, per batch, pair or sample; or hands lambda and the partners to
-the model, which mixes a hidden state: Manifold Mixup) and takes the one update of
-src.training.optim on the smoothed cross entropy. Per-step metrics stay on the device and are
-read once per epoch, so the step never waits for the host. The trainer counts its finished
-epochs (`epochs_done`, kept in its state): smoothing starts after
-`augmentation.smoothing_start_epoch` of them (plain cross entropy before, as Wei et al. 2022
-warm up before smoothing).
+A trainer trains K >= 1 members: one model (`SingleTrainer`), or K runs as one batched model
+(`StackedTrainer`): K seeds of one configuration, or K configurations that differ only in the
+batchable keys (src.config.BATCHABLE_KEYS: seed, Mixup alpha, smoothing eps and when it
+starts). Both share everything but the model call: each member has its own generators (data
+order, crops, flips and Mixup permutations from a torch generator seeded with its seed;
+lambdas, CutMix boxes and the other mixing draws from numpy's), each step gathers a batch,
+crops, flips and normalises it over the whole batch, mixes it (src.mixing: Mixup, CutMix, per
+batch, pair or sample; or hands lambda and the partners to the model, which mixes a hidden
+state: Manifold Mixup) and takes the one update of src.training.optim on the smoothed cross
+entropy. Per-step metrics stay on the device and are read once per epoch, so the step never
+waits for the host. The trainer counts its finished epochs (`epochs_done`, kept in its state):
+smoothing starts after `augmentation.smoothing_start_epoch` of them (plain cross entropy
+before, as Wei et al. 2022 warm up before smoothing).
 
-Stacked members (`trainer.parallel_seeds`): their parameters and buffers are stacked
-(`torch.func.stack_module_state`) and the architecture is called once per step through
-`vmap(functional_call)`, so every layer is one batched kernel instead of K small ones. BatchNorm
-keeps per-member running statistics (the stacked buffers are vmapped with the parameters). The
-loss is the sum of the K member losses, so each member's gradient is exactly its own; SGD and
-AdamW are elementwise, so one optimizer over the stacked tensors is K independent ones.
-Equality with K separate runs: data order, augmentation draws, lambdas and initial weights are
-identical; the arithmetic is not the same code path (a vmapped linear layer is a batched
-matmul, a vmapped convolution a grouped convolution, whose sums a CPU may order differently),
-so members agree with separate runs to float rounding, which training amplifies slowly. Not
-the same as separate runs either: dropout draws (one vmapped stream) and fp16 loss scaling (one
-scaler). Not supported: nn.LSTM/GRU (no vmap rule) and channels-last.
+Per-member settings: each member's lambdas are drawn from its own alpha by its own generator
+(a member with alpha = 0 draws nothing, mixes with weight 1 and partners that are itself, which
+leaves its batch and loss exactly unmixed), and the loss takes each member's uniform mass as a
+(K,) tensor, zero for a member before its own smoothing_start_epoch. So a member draws what its
+separate run draws, in the same order. Every other mixing key is one for all members.
+
+Stacked members (`trainer.parallel_seeds`, the batched launcher): their parameters and buffers
+are stacked (`torch.func.stack_module_state`) and the architecture is called once per step
+through `vmap(functional_call)`, so every layer is one batched kernel instead of K small ones.
+BatchNorm keeps per-member running statistics (the stacked buffers are vmapped with the
+parameters). The loss is the sum of the K member losses, so each member's gradient is exactly
+its own; SGD and AdamW are elementwise, so one optimizer over the stacked tensors is K
+independent ones. Equality with K separate runs: data order, augmentation draws, lambdas and
+initial weights are identical; the arithmetic is not the same code path (a vmapped linear layer
+is a batched matmul, a vmapped convolution a grouped convolution, whose sums a CPU may order
+differently), so members agree with separate runs to float rounding, which training amplifies
+slowly. Not the same as separate runs either: dropout draws (one vmapped stream) and fp16 loss
+scaling (one scaler). Not supported: nn.LSTM/GRU (no vmap rule) and channels-last.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -94,18 +101,26 @@ class EpochState:
 class Trainer:
     """What every trainer shares: batches, mixing, the step, the epoch loop and its state."""
 
-    def __init__(self, data: TrainData, cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any],
+    def __init__(self, data: TrainData, cfg: Mapping[str, Any],
+                 aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                  execution: Execution, seeds: Sequence[int]) -> None:
+        """`aug_cfg`: the augmentation of every member, or one per member (which may differ in
+        mixup_alpha, smoothing and smoothing_start_epoch only)."""
         self.data, self.cfg, self.ex = data, cfg, execution
         self.device = dev = execution.device
         self.seeds = [int(s) for s in seeds]
-        self.mixing = MixSettings.from_config(aug_cfg)
+        augs = member_augmentations(aug_cfg, len(self.seeds))
+        self.member_mixing = [MixSettings.from_config(a) for a in augs]
+        # What the members share (every key but alpha): partners, mix mode, CutMix, the layer.
+        self.mixing = self.member_mixing[0]
         # The loss takes the uniform mass of either smoothing convention (src.mixing).
-        mass = uniform_mass(float(aug_cfg["smoothing"]), aug_cfg.get("smoothing_to", "all"),
-                            data.num_classes)
-        self.eps = torch.tensor(mass, device=dev)
+        masses = [uniform_mass(float(a["smoothing"]), a.get("smoothing_to", "all"),
+                               data.num_classes) for a in augs]
+        # One mass for all is a scalar, as a single run has it; else one per member, (K,).
+        self.eps = torch.tensor(masses[0] if len(set(masses)) == 1 else masses, device=dev)
         self.no_eps = torch.zeros((), device=dev)
-        self.smoothing_start_epoch = int(aug_cfg.get("smoothing_start_epoch", 0))
+        self.smoothing_starts = [int(a.get("smoothing_start_epoch", 0)) for a in augs]
+        self._mass, self._mass_at = self.no_eps, -1  # the mass now, and for which epoch
         self.epochs_done = 0  # finished epochs: when smoothing starts
         n = len(data.train)
         self.batch_size = min(int(cfg["batch_size"]), n)
@@ -163,15 +178,24 @@ class Trainer:
         order = torch.stack([torch.randperm(n, generator=g, device=self.device)
                              for g in self.gens])
         lams = cut = boxes = None
-        if self.mixing.mixes:
+        if any(m.mixes for m in self.member_mixing):
             # Drawn on the host for the whole epoch and sent once: no sync inside the step.
             hw = (int(self.data.train.x.shape[-2]), int(self.data.train.x.shape[-1]))
-            draws = [draw_epoch(self.mixing, r, steps, self.batch_size, hw)
-                     for r in self.np_rngs]
-            lams = torch.from_numpy(np.stack([d.lam for d in draws])).float().to(self.device)
-            if draws[0].cut is not None:
-                cut = torch.from_numpy(np.stack([d.cut for d in draws])).to(self.device)
-            if draws[0].boxes is not None:
+            draws = [draw_epoch(m, r, steps, self.batch_size, hw) if m.mixes else None
+                     for m, r in zip(self.member_mixing, self.np_rngs)]
+            drawn = next(d for d in draws if d is not None)
+            # A member that mixes nothing (alpha = 0 beside members with alpha > 0) draws
+            # nothing, as its separate run: lambda 1 throughout. Beside CutMix with Mixup,
+            # CutMix alone is "cut" throughout (a box pasted over an unblended image).
+            lams = torch.from_numpy(np.stack([
+                d.lam if d is not None else np.ones_like(drawn.lam) for d in draws
+            ])).float().to(self.device)
+            if any(d is not None and d.cut is not None for d in draws):
+                shape = drawn.lam.shape
+                cut = torch.from_numpy(np.stack([
+                    d.cut if d is not None and d.cut is not None else np.ones(shape, bool)
+                    for d in draws])).to(self.device)
+            if drawn.boxes is not None:  # CutMix is on for every member, or for none
                 boxes = torch.from_numpy(np.stack([d.boxes for d in draws])).to(self.device)
         zero = torch.zeros(len(self.seeds), device=self.device)
         self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr,
@@ -188,8 +212,11 @@ class Trainer:
         if st.lams is None:
             return x, y, y, torch.ones(idx.shape[:-1], device=self.device)
         lam = self._rows(st.lams[:, step])
-        perm = self._rows(torch.stack([partners(bs, mixing, g, self.device)
-                                       for g in self.gens]))
+        # A member that mixes nothing draws no partners (its separate run draws none): itself.
+        perm = self._rows(torch.stack([
+            partners(bs, mixing, g, self.device) if m.mixes
+            else torch.arange(bs, device=self.device)
+            for m, g in zip(self.member_mixing, self.gens)]))
         cut = None if st.cut is None else self._rows(st.cut[:, step])
         boxes = None if st.boxes is None else self._rows(st.boxes[:, step])
         if mixing.mix_mode == "pair":
@@ -210,10 +237,24 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         with self.ex.autocast():
             logits = self._forward(x) if perm is None else self._forward(x, (lam, perm))
-        eps = self.eps if self.epochs_done >= self.smoothing_start_epoch else self.no_eps
-        loss = mixup_smoothing_loss(logits, y, y2, lam, eps)
+        loss = mixup_smoothing_loss(logits, y, y2, lam, self.smoothing_mass())
         self.optim.update(loss.sum())
         return loss.detach(), lambda_weighted_hits(logits, y, y2, lam)
+
+    def smoothing_mass(self) -> torch.Tensor:
+        """The uniform mass of the loss now: each member's, or zero before its
+        smoothing_start_epoch (plain cross entropy while a model fits, Wei et al. 2022)."""
+        if self._mass_at != self.epochs_done:  # worked out once an epoch, not every step
+            started = [self.epochs_done >= s for s in self.smoothing_starts]
+            if all(started):
+                self._mass = self.eps
+            elif not any(started):
+                self._mass = self.no_eps
+            else:
+                on = torch.tensor(started, dtype=self.eps.dtype, device=self.device)
+                self._mass = self.eps * on
+            self._mass_at = self.epochs_done
+        return self._mass
 
     def train_epoch(self, stop: Callable[[], bool] | None = None,
                     on_step: Callable[[], None] | None = None) -> list[EpochStats]:
@@ -284,6 +325,20 @@ class Trainer:
                                for k, v in ep.items()})
         self.epoch_state = ep
         self.epochs_done = int(state.get("epochs_done", 0))
+
+
+def member_augmentations(aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                         k: int) -> list[Mapping[str, Any]]:
+    """One augmentation config per member; members may differ in alpha and smoothing only."""
+    augs = [aug_cfg] * k if isinstance(aug_cfg, Mapping) else list(aug_cfg)
+    if len(augs) != k:
+        raise ValueError(f"{len(augs)} augmentation configs for {k} members")
+    shared = {replace(MixSettings.from_config(a), mixup_alpha=0.0) for a in augs}
+    conventions = {a.get("smoothing_to", "all") for a in augs}
+    if len(shared) > 1 or len(conventions) > 1:
+        raise ValueError("members trained together may differ in mixup_alpha, smoothing and "
+                         "smoothing_start_epoch only")
+    return augs
 
 
 class SingleTrainer(Trainer):
@@ -372,10 +427,12 @@ def _bn_exit(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
 
 
 class StackedTrainer(Trainer):
-    """K seeds of one configuration as one vmapped model (see the module docstring)."""
+    """K members as one vmapped model: seeds of one configuration, or configurations that differ
+    in the batchable keys only (see the module docstring)."""
 
     def __init__(self, model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int],
-                 data: TrainData, cfg: Mapping[str, Any], aug_cfg: Mapping[str, Any],
+                 data: TrainData, cfg: Mapping[str, Any],
+                 aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                  execution: Execution, seeds: Sequence[int]) -> None:
         ex = Execution(execution.device, execution.amp_dtype, channels_last=False)
         super().__init__(data, cfg, aug_cfg, ex, seeds)
