@@ -33,6 +33,7 @@ from src.run.identity import fingerprint
 from src.run.lock import RunBusy
 from src.run.records import RESULTS
 from src.run.signals import SIGNALS, Stopped
+from src.sweep_validation import install as install_sweep_validation
 
 log = logging.getLogger(__name__)
 _SEED_DIR = re.compile(r"seed=\d+$")
@@ -245,6 +246,7 @@ def cli() -> None:
     """Run Hydra's main under the process's signal policy; a sweep with failed jobs ends with
     a non-zero exit code, a stopped one with 75 (resumable) or 130 (Ctrl-C)."""
     SIGNALS.install()
+    install_sweep_validation()
     try:
         main()
     except Stopped as stop:

@@ -273,3 +273,30 @@ def test_a_signal_in_batched_seeds_checkpoints_and_resumes(signals, monkeypatch,
     for seed in (0, 1):
         res = read_json(tmp_path / "job" / f"seed={seed}" / "results.json")
         assert res["status"] == "completed" and res["epochs_done"] == 3
+
+
+def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_runs(tmp_path):
+    out = run_module(["-m", *QUICK, "trainer.lr=0.05,0.02", "model=cnn,nosuchmodel",
+                      "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert out.returncode != 0 and "nosuchmodel" in out.stderr
+    assert not any((tmp_path / "sweep").rglob("results.json"))
+
+
+def test_sweep_validation_composes_once_per_distinct_value():
+    from src.sweep_validation import validate_distinct_overrides
+
+    class Loader:
+        calls: list[list[str]] = []
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls.append(sweep_overrides)
+
+    class Sweeper:
+        hydra_context, config, config_loader = None, None, Loader()
+
+    batch = [[f"a={a}", f"b={b}", f"seed={s}"] for a in range(3) for b in range(2)
+             for s in range(5)]
+    validate_distinct_overrides(Sweeper(), batch)
+    assert len(Loader.calls) < len(batch) and len(Loader.calls) <= 3 + 2 + 5
+    tried = {o for call in Loader.calls for o in call}
+    assert tried == {o for job in batch for o in job}  # every value composed at least once

@@ -17,7 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("src.data.tensors", "src.data", "src.config.validate"),
     ("src.training",),
     ("src.run",),
-    ("src.train", "src.tools", "src.sweep_progress", "src.wandb_sync", "src.eval"),
+    ("src.train", "src.tools", "src.sweep_progress", "src.wandb_sync", "src.eval",
+     "src.sweep_validation"),
     ("analysis",),
 ]
 
