@@ -51,9 +51,11 @@ def account(sweep_dir: Path) -> dict[str, Any]:
     train = evaluate = 0.0
     shared: set[tuple] = set()
     for r in runs:
-        together = r.get("trained_with_seeds")
-        if together:  # one batched job: its seconds appear in each of its seeds' results
-            key = (r.get("group"), together)
+        # One batched job: its seconds appear in each of its members' results. `trained_with`
+        # names the batch (the same string in every member); older runs had only the seeds.
+        together = r.get("trained_with")
+        key = ("batch", together) if together else (r.get("group"), r.get("trained_with_seeds"))
+        if together or r.get("trained_with_seeds"):
             if key in shared:
                 continue
             shared.add(key)
