@@ -34,6 +34,7 @@ from src.run.lock import RunBusy
 from src.run.records import RESULTS
 from src.run.signals import SIGNALS, Stopped
 from src.sweep_validation import install as install_sweep_validation
+from src.training.threads import REGISTRY as THREAD_REGISTRY
 
 log = logging.getLogger(__name__)
 _SEED_DIR = re.compile(r"seed=\d+$")
@@ -246,6 +247,10 @@ def cli() -> None:
     """Run Hydra's main under the process's signal policy; a sweep with failed jobs ends with
     a non-zero exit code, a stopped one with 75 (resumable) or 130 (Ctrl-C)."""
     SIGNALS.install()
+    # Counted among the suite's running jobs from the start, so that runs started together see
+    # each other when they choose their threads (trainer.threads=auto), not only after their
+    # start-up (several seconds of imports and data loading on 2 cores).
+    THREAD_REGISTRY.register()
     install_sweep_validation()
     try:
         main()

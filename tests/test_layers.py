@@ -86,3 +86,12 @@ def test_there_is_no_import_cycle():
     for n in graph:
         if n not in state:
             visit(n, [])
+
+
+def test_the_entry_point_imports_no_torch():
+    """A bad config is refused, and a sweep's jobs registered, before the ~1.5 s torch import."""
+    import subprocess
+    import sys
+
+    code = "import sys, src.train; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

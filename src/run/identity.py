@@ -11,7 +11,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import EXECUTION_KEYS, LOCATION_KEYS
-from src.mixing import MixSettings, method_name, uniform_mass
 
 SECTIONS = ("dataset", "model", "augmentation", "noise", "trainer")
 
@@ -36,6 +35,9 @@ def fingerprint(cfg: DictConfig) -> str:
 
 def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     """The keys that say which run this is (written into results.json and W&B)."""
+    # Here, not at the top: the entry point computes fingerprints before torch is imported.
+    from src.mixing import MixSettings, method_name, uniform_mass
+
     aug, noise = cfg.augmentation, cfg.noise
     eps, smoothing_to = float(aug.smoothing), str(aug.smoothing_to)
     mixing = MixSettings.from_config(aug)

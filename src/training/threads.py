@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 RUNNING = Path(os.environ.get("LSMIX_RUNNING_DIR") or
                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsmix"
                / "running")
@@ -104,6 +102,8 @@ def choose_threads(setting: Any, launcher_jobs: int | None = None) -> int:
 
 def apply_threads(setting: Any, launcher_jobs: int | None = None) -> int:
     """Register this process, choose the count and give it to torch; returns it."""
+    import torch
+
     REGISTRY.register()
     n = choose_threads(setting, launcher_jobs)
     if torch.get_num_threads() != n:
