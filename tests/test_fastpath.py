@@ -227,3 +227,16 @@ def test_cuda_graph_training_and_evaluation_match_eager():
     torch.testing.assert_close(out[0][2], out[1][2], rtol=5e-2, atol=5e-2)
     model_cache.clear()
     torch._dynamo.reset()
+
+
+def test_decay_all_puts_every_parameter_under_weight_decay():
+    """trainer=cifar decays biases and norm weights too, as the Mixup paper's code does."""
+    data = tiny_data()
+    for decay_all, exempt in ((False, True), (True, False)):
+        model = model_cache.fresh_model(CNN, (3, 8, 8), 4, CPU, seed=0)
+        tr = SingleTrainer(model, data, {**TRAINER, "decay_all": decay_all},
+                           {"mixup_alpha": 0.0, "smoothing": 0.0}, CPU, seed=0)
+        groups = tr.optim.optimizer.param_groups
+        n_params = len(list(model.parameters()))
+        assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_params
+        assert (len(groups[1]["params"]) > 0) == exempt and groups[1]["weight_decay"] == 0.0

@@ -136,6 +136,7 @@ TRAINER = {
     "epochs": integer(1, 100_000), "batch_size": integer(2, 10_000_000),
     "optimizer": choice("sgd", "adamw"), "lr": number(0, 100, lo_open=True),
     "momentum": number(0, 1, hi_open=True), "nesterov": BOOL, "weight_decay": number(0, 1),
+    "decay_all": BOOL,
     "schedule": choice("cosine", "multistep", "constant"),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
     "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),

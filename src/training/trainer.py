@@ -341,6 +341,18 @@ def member_augmentations(aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]
     return augs
 
 
+def decay_groups(params: list[torch.Tensor], vector_ndim: int, cfg: Mapping[str, Any]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(decayed, not decayed) parameters. `trainer.decay_all: false` exempts biases and norm
+    weights (tensors of at most `vector_ndim` dimensions), a common modern choice;
+    `true` decays every parameter, as the Mixup paper's code (SGD's weight_decay on
+    model.parameters()) does."""
+    if bool(cfg.get("decay_all", False)):
+        return params, []
+    return ([p for p in params if p.ndim > vector_ndim],
+            [p for p in params if p.ndim <= vector_ndim])
+
+
 class SingleTrainer(Trainer):
     """One model: compiled where chosen, channels-last where chosen."""
 
@@ -348,8 +360,7 @@ class SingleTrainer(Trainer):
                  aug_cfg: Mapping[str, Any], execution: Execution, seed: int) -> None:
         super().__init__(data, cfg, aug_cfg, execution, [seed])
         self.model = model
-        self._optimisation([p for p in model.parameters() if p.ndim > 1],
-                           [p for p in model.parameters() if p.ndim <= 1])
+        self._optimisation(*decay_groups(list(model.parameters()), 1, cfg))
         # Compiled once per model object (src.training.model_cache keeps the object across
         # the runs of a sweep). Only the model is compiled: lambda, eps and lr stay outside.
         mode = compile_mode(cfg.get("compile", False), self.device)
@@ -447,8 +458,8 @@ class StackedTrainer(Trainer):
                     m.register_forward_pre_hook(_bn_enter)
                     m.register_forward_hook(_bn_exit)
         # Weight decay on what is a matrix or kernel in one member (ndim > 1 there).
-        self._optimisation([p for p in self.params.values() if p.ndim > 2],
-                           [p for p in self.params.values() if p.ndim <= 2])
+        # A member's matrix or kernel has one more dimension here (the stacked members).
+        self._optimisation(*decay_groups(list(self.params.values()), 2, cfg))
         self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
         self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
         # Manifold Mixup: each member's lambda and partners go in with its batch.
