@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -56,6 +57,16 @@ def popen_module(args: list[str], cwd: Path, **popen_kwargs):
 
     return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=cwd,
                             env=module_env(), **popen_kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _loggers_enabled():
+    """An in-process Hydra run configures logging and disables the loggers that existed
+    before it (`disable_existing_loggers`); tests after it must still see their log lines."""
+    yield
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 @pytest.fixture

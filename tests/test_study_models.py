@@ -71,7 +71,9 @@ def tiny_job(experiment: str, model: str, run_dir) -> DictConfig:
     """One epoch of the study's settings on the digits with a small `model`."""
     small = [f"model.{key}={json.dumps(value)}" for key, value in SMALL[model].items()]
     over = [f"+experiment={experiment}", f"model={model}", *small, "dataset=digits",
-            "trainer.epochs=1", "trainer.progress=false"]
+            "trainer.epochs=1", "trainer.progress=false",
+            # one epoch: smoothing must start in it (gls_noise waits 3 epochs by default)
+            "augmentation.smoothing_start_epoch=0"]
     cfg = make_cfg(over, run_dir=run_dir)
     if cfg.noise.name == "human":  # CIFAR-10N's labels belong to CIFAR-10, not the digits
         cfg = make_cfg([*over, "noise=symmetric"], run_dir=run_dir)
