@@ -11,8 +11,10 @@ sum(values per axis) compositions instead of prod(values per axis).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 
 
@@ -29,7 +31,12 @@ def validate_distinct_overrides(self: Sweeper, batch: Sequence[Sequence[str]]) -
         # The first job's overrides with this job's new values in place of theirs.
         keys = {o.split("=", 1)[0] for o in new}
         trial = [o for o in first if o.split("=", 1)[0] not in keys] + new
-        loader.load_sweep_config(master_config=self.config, sweep_overrides=trial)
+        try:
+            loader.load_sweep_config(master_config=self.config, sweep_overrides=trial)
+        except ConfigCompositionException as err:  # one paragraph and status 2, as a bad value
+            message = " ".join(" ".join(str(x).split()) for x in (err, err.__cause__) if x)
+            print(f"Configuration error: {message}. Nothing was trained.", file=sys.stderr)
+            sys.exit(2)
         seen.update(overrides)
 
 

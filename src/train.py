@@ -243,6 +243,34 @@ def _job_failed(run_dir: Path, err: Exception, multirun: bool) -> None:
     _FAILED_JOBS.append(f"{run_dir}: {type(err).__name__}: {err}")
 
 
+def refuse_bad_overrides(argv: list[str]) -> None:
+    """A misspelt key (`trainer.lrr=0.1`) or a missing group option is refused in one paragraph
+    with exit status 2, as a bad value is, instead of Hydra's own message and status 1.
+    Sweeps are checked the same way by src.sweep_validation; command-line flags are Hydra's."""
+    if not argv or any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, HydraException
+
+    try:
+        if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(argv)):
+            return
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            compose("config", overrides=argv)
+    except ConfigCompositionException as err:
+        print(f"Configuration error: {one_paragraph(err)}. Nothing was trained.", file=sys.stderr)
+        sys.exit(2)
+    except HydraException:
+        return  # anything else: Hydra reports it as it runs
+
+
+def one_paragraph(err: BaseException) -> str:
+    """An exception's message (and its cause's) on one line."""
+    parts = [str(err)] + ([str(err.__cause__)] if err.__cause__ else [])
+    return " ".join(" ".join(p.split()) for p in parts if p).rstrip(".")
+
+
 def cli() -> None:
     """Run Hydra's main under the process's signal policy; a sweep with failed jobs ends with
     a non-zero exit code, a stopped one with 75 (resumable) or 130 (Ctrl-C)."""
@@ -252,6 +280,7 @@ def cli() -> None:
     # start-up (several seconds of imports and data loading on 2 cores).
     THREAD_REGISTRY.register()
     install_sweep_validation()
+    refuse_bad_overrides(sys.argv[1:])
     try:
         main()
     except Stopped as stop:

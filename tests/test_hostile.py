@@ -300,3 +300,16 @@ def test_sweep_validation_composes_once_per_distinct_value():
     assert len(Loader.calls) < len(batch) and len(Loader.calls) <= 3 + 2 + 5
     tried = {o for call in Loader.calls for o in call}
     assert tried == {o for job in batch for o in job}  # every value composed at least once
+
+
+@pytest.mark.parametrize("args", [["trainer.lrr=0.1"], ["augmentation=nosuch"],
+                                  ["-m", "trainer.lrr=0.1,0.2"]])
+def test_a_misspelt_key_or_option_exits_2_in_one_paragraph(tmp_path, args):
+    out = run_module([*args, *QUICK, "hydra.sweep.dir=sweep", "hydra.run.dir=run"],
+                     cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Configuration error:")
+    assert not (tmp_path / "run").exists()
+    # A sweep's folder holds Hydra's multirun.yaml at most: no job started.
+    assert [p.name for p in (tmp_path / "sweep").glob("*")] in ([], ["multirun.yaml"])
