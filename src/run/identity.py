@@ -21,12 +21,14 @@ def _drop(section: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str
     return {k: v for k, v in section.items() if k not in own}
 
 
-def fingerprint(cfg: DictConfig) -> str:
+def fingerprint(cfg: DictConfig, inputs: dict[str, dict[str, Any]] | None = None) -> str:
     """Hash of dataset, model, augmentation, noise and trainer settings and of the content of
-    every input file (not where it lies); 16 hex digits."""
+    every input file (not where it lies); 16 hex digits. `inputs`: the run's input records
+    when the caller has them already (input_records)."""
     parts: dict[str, Any] = {k: _drop(OmegaConf.to_container(cfg[k], resolve=True), k,
                                       EXECUTION_KEYS + LOCATION_KEYS) for k in SECTIONS}
-    inputs = {k: v["hash"] for k, v in input_records(cfg).items()}
+    records = input_records(cfg) if inputs is None else inputs
+    inputs = {k: v["hash"] for k, v in records.items()}
     if inputs:  # runs that read no file keep the fingerprint they always had
         parts["inputs"] = inputs
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

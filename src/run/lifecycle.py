@@ -86,12 +86,13 @@ class JobState:
 def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution, started: str,
                    threads: int) -> dict[str, Any]:
     """The results object of a run about to train: who it is, what noise it got, where."""
+    inputs = input_records(cfg)  # hashed once: the fingerprint covers the same records
     return {"status": "running", "error": None, **run_identity(cfg, group),
             "noise_rate_realized": noisy.realized_rate,
             # Human noise has no requested rate: the file's rate is the rate.
             **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
             "device": str(ex.device), "amp": ex.amp, "threads": threads, "started_at": started,
-            "config_fingerprint": fingerprint(cfg), "inputs": input_records(cfg),
+            "config_fingerprint": fingerprint(cfg, inputs), "inputs": inputs,
             "config": flat_settings(cfg)}
 
 
@@ -112,12 +113,13 @@ def save_hydra_record(cfg: DictConfig, run_dir: Path, hydra: DictConfig | None =
     OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
 
 
-def job_fingerprint(cfgs: list[DictConfig]) -> str:
-    """The checkpoint's key: the run's fingerprint, or a hash of every member's."""
-    if len(cfgs) == 1:
-        return fingerprint(cfgs[0])
-    joined = ",".join(fingerprint(c) for c in cfgs).encode()
-    return hashlib.sha256(joined).hexdigest()[:16]
+def job_fingerprint(members: list[Member]) -> str:
+    """The checkpoint's key: the run's fingerprint, or a hash of every member's (read from
+    their results headers, computed once)."""
+    prints = [m.record["config_fingerprint"] for m in members]
+    if len(prints) == 1:
+        return prints[0]
+    return hashlib.sha256(",".join(prints).encode()).hexdigest()[:16]
 
 
 def build_trainer(cfgs: list[DictConfig], data: TrainData, ex: Execution) -> Trainer:
@@ -167,11 +169,13 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
         state = JobState.fresh(len(members))
         try:
             trainer = build_trainer(cfgs, data, ex)
-            state = _resume(cfgs, trainer, dirs[0], state)
+            key = job_fingerprint(members)
+            state = _resume(cfgs, trainer, dirs[0], state, key)
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
                 members[0].logger = _open_logger(members[0], groups[0], resumed)
-            _fit(cfgs, members, trainer, data, state, jobs if ex.device.type == "cpu" else None,
+            _fit(cfgs, members, trainer, data, state, key,
+                 jobs if ex.device.type == "cpu" else None,
                  job=None if spread is None else str(spread), group=groups[0])
             if all(m.record["status"] != "running" for m in members) and \
                     not cfgs[0].trainer.keep_checkpoint:
@@ -192,10 +196,11 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
     return [m.record for m in members]
 
 
-def _resume(cfgs: list[DictConfig], trainer: Trainer, ckpt_dir: Path,
-            state: JobState) -> JobState:
-    """Continue from the job's checkpoint when there is a good one, else start fresh."""
-    ckpt = load_checkpoint(ckpt_dir, job_fingerprint(cfgs))
+def _resume(cfgs: list[DictConfig], trainer: Trainer, ckpt_dir: Path, state: JobState,
+            key: str) -> JobState:
+    """Continue from the job's checkpoint (of fingerprint `key`) when there is a good one,
+    else start fresh."""
+    ckpt = load_checkpoint(ckpt_dir, key)
     if ckpt is None:
         return state
     try:
@@ -212,10 +217,9 @@ def _resume(cfgs: list[DictConfig], trainer: Trainer, ckpt_dir: Path,
     return state
 
 
-def _checkpoint(cfgs: list[DictConfig], trainer: Trainer, state: JobState) -> None:
+def _checkpoint(cfgs: list[DictConfig], trainer: Trainer, state: JobState, key: str) -> None:
     save_checkpoint(Path(cfgs[0].paths.run_dir), {
-        "fingerprint": job_fingerprint(cfgs), "trainer": trainer.state_dict(),
-        "job": asdict(state)})
+        "fingerprint": key, "trainer": trainer.state_dict(), "job": asdict(state)})
 
 
 def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
@@ -247,7 +251,7 @@ def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
 
 
 def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: TrainData,
-         state: JobState, cpu_jobs: int | None = None, job: str | None = None,
+         state: JobState, key: str, cpu_jobs: int | None = None, job: str | None = None,
          group: str = "") -> None:
     """The epoch loop: train, evaluate when due, record, checkpoint; a member whose loss is
     not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
@@ -272,7 +276,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             progress.start_epoch(epoch)
             stats = trainer.train_epoch(SIGNALS, on_step=on_step)
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
-                _checkpoint(cfgs, trainer, state)
+                _checkpoint(cfgs, trainer, state, key)
                 SIGNALS.raise_if_requested()
             _record_training(members, stats, state, epoch, data)
             if (epoch % every == 0 or epoch == epochs) and any(state.active):
@@ -282,10 +286,10 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             due = (ckpt_every and epoch % ckpt_every == 0 and not last
                    and time.perf_counter() - last_saved >= interval)
             if due or (last and tcfg.keep_checkpoint):
-                _checkpoint(cfgs, trainer, state)
+                _checkpoint(cfgs, trainer, state, key)
                 last_saved = time.perf_counter()
             if SIGNALS() and not due:  # a signal during evaluation: save this epoch first
-                _checkpoint(cfgs, trainer, state)
+                _checkpoint(cfgs, trainer, state, key)
             SIGNALS.raise_if_requested()
             if not any(state.active):
                 break
@@ -297,7 +301,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
         if len(members) > 1:  # their times are the job's, shared
             if seeds_only(cfgs):
                 m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
-            m.record["trained_with"] = describe_batch(cfgs, job_fingerprint(cfgs))
+            m.record["trained_with"] = describe_batch(cfgs, key)
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
         if tcfg.save_weights and m.record["status"] == "completed":
             save_weights(m.run_dir / LAST_WEIGHTS, member_weights(trainer, k))
