@@ -14,12 +14,12 @@ from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas o
 from matplotlib.ticker import MaxNLocator
 
 from analysis.aggregate import Panel, fmt_value
+from analysis.questions import METHODS
 from analysis.schema import METRICS_LOG
 from analysis.selection import HOW, cell_name, choose, fixed_cells, with_methods
 from analysis.tables import AXIS_TEXT, Grid
 from src.run.records import read_metrics
 
-METHODS = ("none", "mixup", "smoothing", "mixup_smoothing")
 COLORS = dict(zip(METHODS, ("tab:gray", "tab:blue", "tab:orange", "tab:green")))
 DPI = 200         # PNG resolution (the PDF is vector)
 FONT = 8          # the smallest text on any figure, in points
@@ -108,7 +108,7 @@ def heatmap(items: list[tuple[Panel, Grid]], title: str) -> Figure:
     fig.colorbar(im, ax=axes.ravel().tolist(), label=first.title)
     conv = f", smoothing_to={first.convention}" if first.convention else ""
     fig.suptitle(f"{title}: {first.title}{conv}\ncells: mean ± std (n seeds); "
-                 f"{first.spec.bolds[:-1].lower()}", fontsize=TITLE)
+                 f"{first.bolds[:-1].lower()}", fontsize=TITLE)
     return fig
 
 
@@ -185,8 +185,7 @@ def read_curves(runs: pd.DataFrame) -> pd.DataFrame:
         if not recs:
             continue
         f = pd.DataFrame(recs, columns=["epoch", "test_acc"]).dropna()
-        frames.append(f.assign(method=r.method, mixup_alpha=r.mixup_alpha, smoothing=r.smoothing,
-                               run_dir=r.run_dir))
+        frames.append(f.assign(method=r.method, mixup_alpha=r.mixup_alpha, smoothing=r.smoothing))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import Panel, fmt_value
+from analysis.aggregate import Panel
+from analysis.findings import cell_text
 from analysis.questions import method_of, pick_on_validation
 
 # The augmentation configs, whose α and ε are what a study runs when it does not sweep them.
@@ -58,11 +59,10 @@ def choose(cells: pd.DataFrame, fixed: dict[str, tuple[float, float]]) -> pd.Dat
     a method whose fixed cell was not run here is left out."""
     rows = []
     for method, group in with_methods(cells).groupby("method", sort=False):
-        by_val = pick_on_validation(group)
         if len(group) == 1:
             rows.append(group.iloc[0].copy())
             rows[-1]["chosen_by"] = "only"
-        elif by_val is not None:
+        elif (by_val := pick_on_validation(group)) is not None:
             rows.append(by_val.copy())
             rows[-1]["chosen_by"] = "validation"
         else:
@@ -74,6 +74,4 @@ def choose(cells: pd.DataFrame, fixed: dict[str, tuple[float, float]]) -> pd.Dat
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
-def cell_name(alpha: float, eps: float) -> str:
-    """'α=1, ε=0.1'."""
-    return f"α={fmt_value(alpha)}, ε={fmt_value(eps)}"
+cell_name = cell_text  # 'α=1, ε=0.1' (analysis.findings)

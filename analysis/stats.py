@@ -15,7 +15,6 @@ from analysis.errors import AnalysisError
 CORRECTIONS = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 FAMILIES = ("question", "panel")
 TOO_FEW = "undecided (too few seeds)"
-VERDICTS = ("better", "worse", "no detectable difference", TOO_FEW, "undecided", "not tested")
 
 
 @dataclass(frozen=True)
