@@ -48,10 +48,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from src.config.validate import choice, validate
-from src.data.arrays import stratified_split
+from src.data.arrays import load_arrays, stratified_split
 from src.data.tensors import Split, TrainData, prepare_data
 from src.errors import ConfigError
 from src.files import read_json, write_json_atomic
+from src.noise import inject_noise
 from src.run.identity import fingerprint
 from src.run.records import METRICS, RESULTS, now_iso, read_metrics
 from src.training.checkpoint import BEST_WEIGHTS, CHECKPOINT, LAST_WEIGHTS, load_weights
@@ -93,8 +94,10 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
 
     ex = resolve_execution(cfg.trainer)
     data, noisy = prepare_data(cfg, ex.device, ex.channels_last, [])  # [] : no noise files
-    if noise is not None:
-        _, other = prepare_data(eval_cfg, ex.device, ex.channels_last, [])
+    if noise is not None:  # only the labels: the images are on the device already
+        arrays = load_arrays(cfg.dataset)
+        other = inject_noise(arrays.y_train, data.num_classes, eval_cfg.noise,
+                             dataset=cfg.dataset.name, images=arrays.x_train)
         data = relabel_training_split(data, cfg, noisy.given_labels, other.given_labels)
     seed = int(cfg.trainer.seed)
     model = fresh_model(cfg.model, tuple(int(v) for v in cfg.dataset.image_shape),

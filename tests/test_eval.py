@@ -138,7 +138,7 @@ def test_another_noise_model_relabels_the_images_the_run_trained_on(run, monkeyp
 
 @pytest.mark.parametrize("case", ["missing folder", "no weights", "no best", "corrupt weights",
                                   "bad config", "bad noise", "fit without validation",
-                                  "bad option"])
+                                  "bad option", "bad which", "bad device"])
 def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(case, run, monkeypatch,
                                                                 tmp_path, capsys):
     args = {"missing folder": [f"ckpt_path={tmp_path / 'nope'}"],
@@ -148,12 +148,15 @@ def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(case, run, monkeyp
             "bad config": [f"ckpt_path={run}"],
             "bad noise": [f"ckpt_path={run}", "noise=symmetric", "noise.rate=1.5"],
             "fit without validation": [f"ckpt_path={run}", "temperature=fit"],
-            "bad option": [f"ckpt_path={run}", "temperature=yes"]}[case]
+            "bad option": [f"ckpt_path={run}", "temperature=yes"],
+            "bad which": [f"ckpt_path={run}", "which=first"],
+            "bad device": [f"ckpt_path={run}", "device=tpu"]}[case]
     expected = {"missing folder": "ckpt_path=", "no weights": "which='last'",
                 "no best": "which='best'", "corrupt weights": "last.pt' is not valid: a weights",
                 "bad config": "augmentation.smoothing=1.5",
                 "bad noise": "noise.rate=1.5", "fit without validation": "temperature='fit'",
-                "bad option": "temperature='yes'"}[case]
+                "bad option": "temperature='yes'", "bad which": "which='first'",
+                "bad device": "trainer.device"}[case]
     for name in {"no weights": ["last.pt", "checkpoint.pt", "checkpoint.prev.pt"],
                  "no best": ["best.pt"]}.get(case, []):
         (run / name).unlink(missing_ok=True)

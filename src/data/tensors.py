@@ -87,9 +87,12 @@ def prepare_data(cfg: DictConfig, device: torch.device, channels_last: bool,
     k = int(ds.num_classes)
     noisy = noise_lib.inject_noise(arrays.y_train, k, cfg.noise, dataset=ds.name,
                                    images=arrays.x_train)
+    noise_cfg = OmegaConf.to_container(cfg.noise, resolve=True)
     for run_dir in run_dirs:
-        noise_lib.save_noise(noisy, run_dir, OmegaConf.to_container(cfg.noise, resolve=True))
-    key = (ds.name, ds.get("npz"), ds.get("root"))
+        noise_lib.save_noise(noisy, run_dir, noise_cfg)
+    # The arrays' own identity: src.data.arrays keeps one object per archive content (a changed
+    # archive is a new object), so the device copies follow it and never go stale.
+    key = (ds.name, id(arrays))
     x_train = to_device(key + ("x_train",), arrays.x_train, device, channels_last)
     x_test = to_device(key + ("x_test",), arrays.x_test, device, channels_last)
     given = torch.from_numpy(noisy.given_labels).to(device)

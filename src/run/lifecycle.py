@@ -293,15 +293,18 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             SIGNALS.raise_if_requested()
             if not any(state.active):
                 break
+    # What a batch's members share, described once (each reads every member's config).
+    same_seeds = len(members) > 1 and seeds_only(cfgs)
+    trained_with = describe_batch(cfgs, key) if len(members) > 1 else None
     for k, m in enumerate(members):
         if state.active[k]:
             m.record["status"] = "completed"
         m.record["train_time_s"] = state.train_s[k]
         m.record["eval_time_s"] = state.eval_s
         if len(members) > 1:  # their times are the job's, shared
-            if seeds_only(cfgs):
+            if same_seeds:
                 m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
-            m.record["trained_with"] = describe_batch(cfgs, key)
+            m.record["trained_with"] = trained_with
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
         if tcfg.save_weights and m.record["status"] == "completed":
             save_weights(m.run_dir / LAST_WEIGHTS, member_weights(trainer, k))
