@@ -5,7 +5,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
+
+from analysis.errors import AnalysisError
+from src.run.signals import SIGNALS, Stopped
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,21 +44,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@contextlib.contextmanager
+def _signal_policy() -> Iterator[None]:
+    """The suite's signal policy (src.run.signals) while the command runs, installed before the
+    slow imports; given back after only if installed here (main may run inside a caller)."""
+    mine = not SIGNALS.previous
+    try:
+        SIGNALS.install()
+        yield
+    finally:
+        if mine:
+            SIGNALS.restore()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the analysis; bad input (paths, runs, --out) is one paragraph on stderr and exit
-    status 2, as for a bad option."""
+    status 2, as for a bad option. SIGTERM (and SIGUSR1/2) or Ctrl-C: one line on stderr
+    saying what the output folder holds (the old analysis, untouched, unless the new one was
+    complete), exit status 75 or 130 as for a stopped training run."""
     args = parse_args(argv)
-    from analysis import AnalysisError, analyse  # after --help: pandas and matplotlib are slow
-    from analysis.stats import StatsOptions
-
     try:
-        stats = StatsOptions(correction=args.correction, family=args.family,
-                             delta=args.delta_pp / 100, min_pairs=args.min_pairs)
-        analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
-                allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis, stats=stats)
+        with _signal_policy():
+            from analysis import analyse  # pandas and matplotlib: seconds
+            from analysis.stats import StatsOptions
+
+            stats = StatsOptions(correction=args.correction, family=args.family,
+                                 delta=args.delta_pp / 100, min_pairs=args.min_pairs)
+            analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
+                    allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis,
+                    stats=stats)
     except AnalysisError as err:
         print(f"analysis error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # analysis.errors.Interrupted says what the folder holds
+        print(stop if type(stop) is not Stopped else
+              f"analysis interrupted by {signal.Signals(stop.signum).name} before it "
+              "started: nothing was written", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

@@ -17,7 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class AnalyseSweep(Callback):
-    """After a multirun, run the analysis over its sweep folder and print the tables."""
+    """After a multirun, run the analysis over its sweep folder and print the tables. Written
+    beside the sweep's analysis folder and put in its place when complete: a signal meanwhile
+    (analysis.errors.Interrupted, a Stopped) leaves an earlier analysis as it was and stops
+    the sweep like any other stop (src.train: exit 75, or 130 for Ctrl-C)."""
 
     def __init__(self, enabled: bool = True, quiet: bool = False,
                  figures: list[str] | tuple[str, ...] = ("png", "pdf")) -> None:

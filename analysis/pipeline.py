@@ -18,8 +18,9 @@ from analysis.aggregate import (
     slug,
     summarise,
 )
+from analysis.errors import Interrupted
 from analysis.load import Runs, load_runs
-from analysis.output import check_writable
+from analysis.output import check_writable, staged
 from analysis.report import Findings, write_report
 from analysis.schema import is_recorded_setting
 from analysis.stats import StatsOptions
@@ -33,6 +34,7 @@ from analysis.tables import (
     to_markdown,
     write_grid,
 )
+from src.run.signals import SIGNALS, Stopped
 
 
 def default_out(paths: Sequence[str | Path]) -> Path:
@@ -151,36 +153,57 @@ def aggregate_runs(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
     return summary, make_panels(done, summary, keys), keys
 
 
+def _write(work: Path, runs: Runs, paths: list, summary: pd.DataFrame, panels: list[Panel],
+           keys: list[str], grids: dict[str, list[Grid]], stats: StatsOptions | None,
+           figure_formats: tuple[str, ...]) -> tuple[Findings, dict[str, pd.DataFrame]]:
+    """Every file of the analysis, into the folder `work`: the findings and the CSV frames."""
+    (work / "plots").mkdir(parents=True, exist_ok=True)
+    write_grids(panels, grids, work)
+    written = write_figures(panels, grids, keys, work, figure_formats)
+    findings = _findings(runs, paths, panels, grids, [p for p in written if p.suffix == ".png"],
+                         stats)
+    frames = {"runs": runs.table, "problems": runs.problems,
+              "summary": summary.drop(columns="_panel", errors="ignore"),
+              **findings.answers.frames()}
+    _write_csvs(work, frames)
+    write_report(findings, work / "report.md")
+    return findings, frames
+
+
 def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None, *,
             quiet: bool = False, push_wandb: bool = False, allow_duplicates: bool = False,
             eps_axis: str = "smoothing", stats: StatsOptions | None = None,
             figure_formats: tuple[str, ...] = plots.FORMATS) -> Path:
     """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder.
     `eps_axis`: the tables' rows, "smoothing" (ε as configured) or "uniform_mass". `stats`:
-    how claims are tested (correction, δ, minimum pairs); findings.csv holds every claim."""
+    how claims are tested (correction, δ, minimum pairs); findings.csv holds every claim.
+    Written beside the folder and put in its place when complete (analysis.output.staged); a
+    signal (src.run.signals) raises Interrupted, saying what the folder then holds."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     check_eps_axis(eps_axis)
     out = check_writable(Path(out_dir) if out_dir is not None else default_out(paths))
-    runs = load_runs(paths, allow_duplicates=allow_duplicates)
-    summary, panels, keys = aggregate_runs(runs)
-    grids = make_grids(panels, eps_axis)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    write_grids(panels, grids, out)
-    written = write_figures(panels, grids, keys, out, figure_formats)
-    figures = [p for p in written if p.suffix == ".png"]
-    findings = _findings(runs, paths, panels, grids, figures, stats)
-    frames = {"runs": runs.table, "problems": runs.problems,
-              "summary": summary.drop(columns="_panel", errors="ignore"),
-              **findings.answers.frames()}
-    _write_csvs(out, frames)
-    report = write_report(findings, out / "report.md")
-    if not quiet:
-        _print_tables(grids)
-    _print_problems(runs, quiet)
-    print(f"Report: {report}")
-    if push_wandb:
-        from analysis.wandb_push import push
+    try:
+        runs = load_runs(paths, allow_duplicates=allow_duplicates)
+        summary, panels, keys = aggregate_runs(runs)
+        grids = make_grids(panels, eps_axis)
+        with staged(out) as work:
+            findings, frames = _write(work, runs, paths, summary, panels, keys, grids, stats,
+                                      figure_formats)
+    except Stopped as stop:
+        raise Interrupted(stop, f"nothing in {out} was changed; rerun the same command") \
+            from None
+    try:
+        SIGNALS.raise_if_requested()  # one that came while the folder was put in place
+        if not quiet:
+            _print_tables(grids)
+        _print_problems(runs, quiet)
+        print(f"Report: {out / 'report.md'}")
+        if push_wandb:
+            from analysis.wandb_push import push
 
-        push(_wandb_tables(frames, panels, grids), runs.completed, out,
-             figures=figures, report=report, study=default_out(paths).parent)
+            push(_wandb_tables(frames, panels, grids), runs.completed, out,
+                 figures=[out / p.parent.name / p.name for p in findings.figures],
+                 report=out / "report.md", study=default_out(paths).parent)
+    except Stopped as stop:
+        raise Interrupted(stop, f"{out} holds the complete analysis") from None
     return out

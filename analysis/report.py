@@ -13,6 +13,7 @@ import pandas as pd
 from analysis import findings
 from analysis.aggregate import Panel, fmt_value
 from analysis.questions import Answers
+from analysis.stats import EXACT_MAX_PAIRS, MONTE_CARLO_FLIPS, sign_flip_floor
 
 
 def pct(v: float) -> str:
@@ -62,19 +63,43 @@ def _method(f: Findings) -> list[str]:
             "*optimistic (picked on test)*.",
             "- **Paired comparisons.** Runs of two cells pair when they share `seed` and "
             "`noise_seed`; the effect is the mean paired difference of "
-            f"`{o.metric}` in percentage points (pp), with a t-based 95% CI and a paired "
-            "t-test. Welch's t-test is used only where fewer than 2 pairs exist (the test "
-            "column says so). Pairs are treated as independent replicates, so a claim holds "
+            f"`{o.metric}` in percentage points (pp), with a t-based 95% CI (n/a where every "
+            "pair differs by the same amount: a zero-width interval would claim a certainty "
+            "that a few agreeing replicates cannot give). p-values come from the exact "
+            "sign-flip permutation test (Fisher 1935; Good 2005): every one of the 2^n sign "
+            f"assignments of the differences up to {EXACT_MAX_PAIRS} pairs, {MONTE_CARLO_FLIPS:,} "
+            "drawn with a fixed seed beyond, the observed one counted, so n pairs cannot give "
+            "p below 2/2^n (5 pairs: 0.0625; 10 pairs: 0.00195). Welch's "
+            "t-test is used only where fewer than 2 pairs exist (the test column says so). "
+            "Pairs are treated as independent replicates, so a claim holds "
             "for the study's noise draws (the corrupted label sets it ran): whether it holds "
             "for other draws of the same noise model depends on the draw × setting variation "
             "(section 6).",
             f"- **Multiple comparisons.** p-values are adjusted with {o.correction_name} "
             f"({'Holm 1979' if o.correction == 'holm' else 'Benjamini & Hochberg 1995'}) "
-            f"within each {'question and panel' if o.family == 'question' else 'panel'}.",
+            f"within each {'question and panel' if o.family == 'question' else 'panel'}: the "
+            "difference tests, and separately the equivalence tests of the same comparisons.",
             f"- **Verdicts.** *better* / *worse*: adjusted p < {o.level:g}. *no detectable "
-            f"difference*: the whole 95% CI inside ±{100 * o.delta:g} pp (the smallest "
-            "difference taken to matter). *undecided* otherwise, and always with fewer than "
-            f"{o.min_pairs} replicate pairs (*undecided (too few seeds)*).", ""]
+            f"difference*: the effect is shown to lie within ±{100 * o.delta:g} pp (the "
+            "smallest difference taken to matter) by two one-sided tests (TOST; Schuirmann "
+            "1987) of the same kind, their larger p-value adjusted like the difference tests "
+            f"and below {o.level:g} (column *{findings.equivalence_header(o)}*). *undecided* "
+            f"otherwise, and always with fewer than {o.min_pairs} replicate pairs "
+            "(*undecided (too few seeds)*).", *_reach(f), ""]
+
+
+def _reach(f: Findings) -> list[str]:
+    """Under Holm, the largest family in which the study's pairs can make a claim at all: Holm
+    multiplies a family's smallest p-value by its number of tests, and the sign-flip test's
+    p-values have a floor (analysis.stats.sign_flip_floor)."""
+    o, rows = f.answers.options, f.answers.findings
+    n = rows.loc[rows["test"].str.startswith("paired"), "n_pairs"].max()
+    if o.correction != "holm" or pd.isna(n) or n > EXACT_MAX_PAIRS:
+        return []
+    most = math.ceil(o.level / sign_flip_floor(int(n))) - 1
+    return [f"- **What {n} pairs can show.** No p-value on {n} pairs is below "
+            f"{sign_flip_floor(int(n)):.3g}, so a family of more than {most} tests can make no "
+            "claim under Holm, whatever the data; more seeds or noise draws lift the limit."]
 
 
 def _header(f: Findings) -> list[str]:

@@ -159,19 +159,24 @@ def test_training_curves_mean_with_bands_and_seed_counts(tmp_path):
 
 
 def test_two_studies_into_one_out_list_only_their_own_figures(tmp_path, monkeypatch):
+    """Each analysis replaces the folder whole: the second lists (and leaves) only its own."""
     seen = []
     write = pipeline.write_report
     monkeypatch.setattr(pipeline, "write_report",
                         lambda f, path: (seen.append(list(f.figures)), write(f, path))[1])
     out = tmp_path / "out"
     analyse([write_study(tmp_path / "a")], out, quiet=True)
+    first_on_disk = {p.relative_to(out) for p in out.rglob("*.png")}
     analyse([write_study(tmp_path / "b", dataset="fashion")], out, quiet=True)
     first, second = seen
     assert first and second
     assert all(p.name.startswith("digits__") for p in first)
     assert all(p.name.startswith("fashion__") for p in second)
-    for p in first + second:
-        assert p.suffix == ".png" and p.exists() and p.with_suffix(".pdf").exists()
+    assert {p.name for p in first} == {p.name for p in first_on_disk}
+    for p in second:  # written in a staging folder, renamed to `out` once complete
+        landed = out / p.parent.name / p.name
+        assert p.suffix == ".png" and landed.exists() and landed.with_suffix(".pdf").exists()
+    assert {p.name for p in out.rglob("*.png")} == {p.name for p in second}
     names = {p.name for p in second}
     assert {"fashion__cnn__symmetric__final_test_acc__heatmap.png",
             "fashion__cnn__symmetric__acc_vs_noise_rate.png",
