@@ -47,6 +47,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from src.config.entry import REFUSED, compose_command_line, did_you_mean, refusal
 from src.config.validate import choice, validate
 from src.data.arrays import load_arrays, stratified_split
 from src.data.tensors import Split, TrainData, prepare_data
@@ -132,12 +133,24 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
     if filled:
         log.warning("keys the run's config predates, at their current defaults: %s", filled)
     elif record["fingerprint_matches_run"] is False:
-        log.warning("the fingerprint of %s differs from the run's: its input files, or how "
-                    "the suite fingerprints a run, changed since", run_dir / CONFIG)
+        log.warning("the fingerprint of %s differs from the run's: %s", run_dir / CONFIG,
+                    changed_since(cfg, results))
     if temperature == "fit":
         record.update(temperature_scaling(trainer, data))
     write_json_atomic(run_dir / EVAL, record)
     return record
+
+
+def changed_since(cfg: DictConfig, results: dict[str, Any]) -> str:
+    """What changed since the run, as far as its records tell: the input files whose content
+    differs from the recorded one, by key and path, else the suite's fingerprinting."""
+    from src.train import changed_inputs
+
+    changed = changed_inputs(cfg, results)
+    if changed:
+        return "; ".join(f"the content of {k} ({path}) changed since the run"
+                         for k, path in changed.items())
+    return "its input files, or how the suite fingerprints a run, changed since"
 
 
 def locate(path: Path, which: str) -> tuple[Path, Path]:
@@ -293,9 +306,24 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def check_keys(cfg: DictConfig) -> None:
+    """Every key is one the command reads: one added with `+key=value` is refused, not
+    ignored. The keys are conf/eval.yaml's and its config groups' (noise, paths)."""
+    spec = OmegaConf.load(Path(CONF_DIR) / "eval.yaml")
+    groups = [next(iter(d)) for d in spec.get("defaults", []) if OmegaConf.is_dict(d)]
+    known = sorted({*(k for k in spec if k not in ("defaults", "hydra")),
+                    *(g for g in groups if not str(g).startswith("override"))})
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(str(key), OmegaConf.to_container(cfg, resolve=False)[key],
+                              f"a key of the eval command: {known}",
+                              hint=did_you_mean(str(key), known) or "the command reads no other")
+
+
 def run_cli(cfg: DictConfig) -> int | None:
     """Evaluate what the composed eval config names; 2 for bad input (nothing written)."""
     try:
+        check_keys(cfg)
         try:
             ckpt_path = cfg.ckpt_path
         except MissingMandatoryValue:
@@ -305,7 +333,7 @@ def run_cli(cfg: DictConfig) -> int | None:
                  if cfg.get("noise") is not None else None)
         record = evaluate(ckpt_path, cfg.which, cfg.temperature, noise, cfg.device)
     except ConfigError as err:
-        print(f"Configuration error: {err}. Nothing was evaluated.", file=sys.stderr)
+        print(refusal(err, "evaluated"), file=sys.stderr)
         return 2
     print(summary_line(record))
     return None
@@ -331,6 +359,11 @@ def main() -> int | None:
     """The command: its exit status (None: every evaluation succeeded, 2: bad input)."""
     _STATUS.clear()
     sys.argv[1:] = quote_path(sys.argv[1:])
+    try:  # a misspelt key or option: the suite's refusal, not Hydra's message and status 1
+        compose_command_line(CONF_DIR, "eval", sys.argv[1:])
+    except REFUSED as err:
+        print(refusal(err, "evaluated"), file=sys.stderr)
+        return 2
     _hydra_main()
     return max((s for s in _STATUS if s), default=None)
 

@@ -9,6 +9,7 @@ goes on; a signal stops the whole process (src.run.signals). Under `hydra/launch
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import shutil
@@ -20,19 +21,24 @@ from typing import Any
 if not __package__:  # `python src/train.py`: Python put src/ on the path, not the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from src.run.signals import SIGNALS, Stopped  # standard library only: first
+
+if __name__ == "__main__":  # from the first import on: a signal during them acts in cli()
+    SIGNALS.hold()
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import src.config  # noqa: F401  (registers the resolver conf/hydra/default.yaml uses)
-from src.config.validate import validate
+from src.config.entry import REFUSED, compose_command_line, refusal, refuse, unwritable
+from src.config.validate import NAME, validate
 from src.errors import ConfigError
 from src.files import read_json
 from src.run.identity import fingerprint
 from src.run.lock import RunBusy
 from src.run.records import RESULTS
-from src.run.signals import SIGNALS, Stopped
 from src.sweep_validation import install as install_sweep_validation
 from src.training.threads import REGISTRY as THREAD_REGISTRY
 
@@ -49,12 +55,16 @@ def member_configs(cfg: DictConfig) -> list[DictConfig]:
     run_dir = Path(cfg.paths.run_dir)
     out = []
     for seed in seeds:
-        member = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True,
-                                                         throw_on_missing=False))
-        member.trainer.seed, member.trainer.parallel_seeds = seed, []
-        member.paths.run_dir = str(run_dir.with_name(f"seed={seed}")
-                                   if _SEED_DIR.search(run_dir.name) else run_dir / f"seed={seed}")
-        out.append(member)
+        # Its seed set before anything is resolved: an interpolation of it (such as
+        # noise.seed=${trainer.seed}) takes the member's seed, as its separate run's would.
+        member = copy.deepcopy(cfg)
+        with open_dict(member):
+            member.trainer.seed, member.trainer.parallel_seeds = seed, []
+            member.paths.run_dir = str(run_dir.with_name(f"seed={seed}")
+                                       if _SEED_DIR.search(run_dir.name)
+                                       else run_dir / f"seed={seed}")
+        out.append(OmegaConf.create(OmegaConf.to_container(member, resolve=True,
+                                                           throw_on_missing=False)))
     return out
 
 
@@ -134,14 +144,35 @@ def train_batch(jobs: list[LaunchedJob]) -> list[float | None]:
 
 
 def check_data(cfg: DictConfig) -> None:
-    """The archive is readable and what the config declares, and the training split that the
-    validation split leaves holds a batch: checked before any folder or record is written."""
+    """The archive is readable and what the config declares, and the validation split holds
+    an image and leaves the training split a batch: checked before any folder or record is
+    written (the dataset's size is known only once it is loaded)."""
     from src.data.arrays import load_arrays  # cached: a sweep reads each archive once
 
-    n = len(load_arrays(cfg.dataset).y_train)
+    labels = load_arrays(cfg.dataset).y_train
     frac, batch = float(cfg.dataset.val_fraction), int(cfg.trainer.batch_size)
+    if frac > 0:
+        check_val_split(labels, int(cfg.dataset.num_classes), frac, batch)
+
+
+def check_val_split(labels: Any, k: int, frac: float, batch: int) -> None:
+    """The split takes round(frac * n) of each class's n images (src.data.arrays.
+    stratified_split), carved on the noisy labels: it must hold an image whatever the noise
+    does to the class sizes, so even classes (the largest as small as it can be, n/K) must
+    give one; and the training split must keep a batch."""
+    import numpy as np
+
+    n = len(labels)
+    even = -(-n // k)  # the largest class holds at least this many images, noisy or not
+    if frac * even <= 0.5:
+        val = int(sum(round(frac * c) for c in np.bincount(labels)))
+        raise ConfigError("dataset.val_fraction", frac, f"0 (no validation split) or more than "
+                          f"{0.5 / even:.4g}, so that the validation split holds at least 1 image",
+                          hint=f"it takes round(fraction x n) of each class's n images: {val} of "
+                               f"these {n}" + ("" if val == 0 else f", and none if label noise "
+                               f"evens the {k} classes out to {even} images each"))
     left = n - int(round(frac * n))
-    if frac > 0 and left < min(batch, n):
+    if left < min(batch, n):
         most = max((n - batch) / n, 0.0)
         raise ConfigError("dataset.val_fraction", frac, f"at most {most:.4f}, so that the "
                           f"training split keeps one batch of trainer.batch_size={batch}",
@@ -170,21 +201,22 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("skipping %s: results.json says completed", run_dir)
         return done
     if not same:
+        changed = "".join(f": the content of {k} changed" for k in changed_inputs(cfg, done))
         raise ConfigError("skip_completed", True, "false to overwrite it, or another sweep "
                           "folder", hint=f"{run_dir} holds a{'n' if status != 'completed' else ''}"
-                          f" {status} run of a different configuration{_changed_inputs(cfg, done)}"
+                          f" {status} run of a different configuration{changed}"
                           " (see its config.yaml); it is kept as it is")
     return None
 
 
-def _changed_inputs(cfg: DictConfig, done: dict[str, Any]) -> str:
-    """', input X changed' for each input file whose content differs from the recorded one."""
+def changed_inputs(cfg: DictConfig, done: dict[str, Any]) -> dict[str, str]:
+    """The input files (by key, with their path) whose content differs from what the run's
+    results record (results.json `inputs`)."""
     from src.run.identity import input_records
 
     before = done.get("inputs") or {}
-    changed = [k for k, v in input_records(cfg).items()
-               if k in before and before[k].get("hash") != v["hash"]]
-    return "".join(f": the content of {k} changed" for k in changed)
+    return {k: v["path"] for k, v in input_records(cfg).items()
+            if k in before and before[k].get("hash") != v["hash"]}
 
 
 def parallel_job_number() -> int | None:
@@ -232,9 +264,9 @@ def _job_failed(run_dir: Path, err: Exception, multirun: bool) -> None:
     if isinstance(err, ConfigError):
         if not isinstance(err, RunBusy):  # a busy folder is another job's, not ours to drop
             _drop_empty_run_dir(run_dir)
-        print(f"Configuration error: {err}. Nothing was trained.", file=sys.stderr)
         if not multirun:
-            sys.exit(2)
+            refuse(err)
+        print(refusal(err), file=sys.stderr)
         _FAILED_JOBS.append(f"{run_dir}: {err}")
         return
     log.error("run failed", exc_info=err)
@@ -243,45 +275,52 @@ def _job_failed(run_dir: Path, err: Exception, multirun: bool) -> None:
     _FAILED_JOBS.append(f"{run_dir}: {type(err).__name__}: {err}")
 
 
-def refuse_bad_overrides(argv: list[str]) -> None:
-    """A misspelt key (`trainer.lrr=0.1`) or a missing group option is refused in one paragraph
-    with exit status 2, as a bad value is, instead of Hydra's own message and status 1.
-    Sweeps are checked the same way by src.sweep_validation; command-line flags are Hydra's."""
-    if not argv or any(a.startswith("-") for a in argv):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException, HydraException
-
+def check_command_line(argv: list[str]) -> None:
+    """Refuse, before Hydra composes the run (or sweep) and creates its folder, what would fail
+    there or leave a stray folder: a misspelt key or a missing option, a config file that is
+    not YAML (conf/local/default.yaml), a task_name that is a path, a folder that cannot be
+    written. A sweep's other values are checked as it starts (src.sweep_validation); command
+    line flags other than -m are Hydra's."""
     try:
-        if any(o.is_sweep_override() for o in OverridesParser.create().parse_overrides(argv)):
-            return
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            compose("config", overrides=argv)
-    except ConfigCompositionException as err:
-        print(f"Configuration error: {one_paragraph(err)}. Nothing was trained.", file=sys.stderr)
-        sys.exit(2)
-    except HydraException:
-        return  # anything else: Hydra reports it as it runs
+        composed = compose_command_line(CONF_DIR, "config", argv)
+        if composed is not None:
+            check_folders(*composed)
+    except REFUSED as err:
+        refuse(err)
 
 
-def one_paragraph(err: BaseException) -> str:
-    """An exception's message (and its cause's) on one line."""
-    parts = [str(err)] + ([str(err.__cause__)] if err.__cause__ else [])
-    return " ".join(" ".join(p.split()) for p in parts if p).rstrip(".")
+def check_folders(cfg: DictConfig, multirun: bool) -> None:
+    """The folders the command writes can be created and written: the run's (or the
+    sweep's), named by paths.output_dir where it lies under it, and W&B's logger.dir."""
+    NAME("task_name", cfg.task_name)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(str(OmegaConf.select(cfg, key)))
+    output = Path(str(cfg.paths.output_dir))
+    if output.resolve() in (folder.resolve(), *folder.resolve().parents):
+        key = "paths.output_dir"
+    folders = {key: folder}
+    if cfg.logger.get("name") == "wandb" and cfg.logger.get("dir"):
+        folders["logger.dir"] = Path(str(cfg.logger.dir))
+    for key, folder in folders.items():
+        problem = unwritable(folder)
+        if problem:
+            raise ConfigError(key, str(OmegaConf.select(cfg, key)),
+                              "a folder this process can create and write files in",
+                              hint=problem)
 
 
 def cli() -> None:
     """Run Hydra's main under the process's signal policy; a sweep with failed jobs ends with
     a non-zero exit code, a stopped one with 75 (resumable) or 130 (Ctrl-C)."""
     SIGNALS.install()
-    # Counted among the suite's running jobs from the start, so that runs started together see
-    # each other when they choose their threads (trainer.threads=auto), not only after their
-    # start-up (several seconds of imports and data loading on 2 cores).
-    THREAD_REGISTRY.register()
-    install_sweep_validation()
-    refuse_bad_overrides(sys.argv[1:])
     try:
+        SIGNALS.release()  # a signal that came during the imports stops the process here
+        # Counted among the suite's running jobs from the start, so that runs started together
+        # see each other when they choose their threads (trainer.threads=auto), not only after
+        # their start-up (several seconds of imports and data loading on 2 cores).
+        THREAD_REGISTRY.register()
+        install_sweep_validation()
+        check_command_line(sys.argv[1:])
         main()
     except Stopped as stop:
         print(f"{stop}: what could be saved was saved.", file=sys.stderr)

@@ -4,6 +4,7 @@ loop computes the suite's loss. Timings are the benchmark's output, never assert
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,19 @@ def test_an_out_path_that_cannot_be_written_is_refused_before_timing(tmp_path, c
         assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert "--out=" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_out_folder_that_takes_no_files_is_refused_before_timing(tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr(bench, "run", lambda args: pytest.fail("timed before --out was checked"))
+    with pytest.raises(SystemExit) as exit_:  # /proc: permission bits say root may write
+        bench.main(["--smoke", "--out", "/proc/x/b.json"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out='/proc/x/b.json'" in err and "/proc/x cannot be written" in err
+    assert bench.unwritable(tmp_path / "new" / "sub" / "b.json") is None
+    assert not any(tmp_path.iterdir())  # the trial leaves no folder or file
 
 
 @pytest.mark.parametrize(("argv", "key"), [

@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,3 +186,35 @@ def test_python_m_src_eval(run, tmp_path):
     bad = run_module([f"ckpt_path={run}", "which=best"], cwd=tmp_path, module="src.eval")
     assert bad.returncode == 2 and "best.pt" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [run.parent.name]  # nothing else
+
+
+@pytest.mark.parametrize(("arg", "says"), [
+    ("whichh=best", "whichh='best' is not valid: a known key of the root config: "),
+    ("whichh=best", "(did you mean which?)"),
+    ("+foo=1", "foo=1 is not valid: a key of the eval command: "),
+])
+def test_a_misspelt_or_added_key_is_refused_with_a_suggestion(arg, says, run, monkeypatch,
+                                                              tmp_path, capsys):
+    assert _cli(monkeypatch, tmp_path, f"ckpt_path={run}", arg) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Configuration error: ") and says in err, err
+    assert err.endswith("Nothing was evaluated.") and "\n" not in err
+    assert not (run / "eval.json").exists()
+
+
+def test_a_changed_archive_is_named_in_evals_warning(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    arrays = {"x_train": rng.integers(0, 256, (120, 8, 8), dtype=np.uint8),
+              "y_train": rng.integers(0, 10, 120),
+              "x_test": rng.integers(0, 256, (40, 8, 8), dtype=np.uint8),
+              "y_test": rng.integers(0, 10, 40)}
+    np.savez(data, **arrays)
+    run_dir = tmp_path / "run"
+    train(make_cfg(TINY + ["trainer.epochs=1", "trainer.save_weights=true", "dataset=npz",
+                           f"dataset.npz={data}", "dataset.image_shape=[1,8,8]",
+                           "dataset.mean=[0.5]", "dataset.std=[0.25]"], run_dir=run_dir))
+    np.savez(data, **{**arrays, "y_train": np.roll(arrays["y_train"], 1)})
+    with caplog.at_level("WARNING", logger="src.eval"):
+        assert evaluate(run_dir)["fingerprint_matches_run"] is False
+    assert f"the content of dataset.npz ({data}) changed since the run" in caplog.text

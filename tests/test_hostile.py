@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -19,7 +21,7 @@ from src.files import read_json
 from src.run.lock import RunBusy, run_folder_lock
 from src.run.signals import SIGNALS
 from src.train import train
-from tests.conftest import TINY, make_cfg, run_module
+from tests.conftest import ROOT, TINY, make_cfg, module_env, run_module
 
 QUICK = TINY + ["trainer.epochs=1"]
 
@@ -149,6 +151,13 @@ def test_values_that_would_poison_a_run_are_refused(tmp_path, override, key):
 def test_a_validation_split_that_leaves_no_batch_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="dataset.val_fraction"):
         train(make_cfg(QUICK + ["dataset.val_fraction=0.9999"], run_dir=tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_validation_split_that_holds_no_image_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"^dataset.val_fraction=0.001 .* at least 1 image "
+                                          r".*: 0 of these 1437"):
+        train(make_cfg(QUICK + ["dataset.val_fraction=0.001"], run_dir=tmp_path / "r"))
     assert not (tmp_path / "r").exists()
 
 
@@ -311,5 +320,126 @@ def test_a_misspelt_key_or_option_exits_2_in_one_paragraph(tmp_path, args):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Configuration error:")
     assert not (tmp_path / "run").exists()
-    # A sweep's folder holds Hydra's multirun.yaml at most: no job started.
-    assert [p.name for p in (tmp_path / "sweep").glob("*")] in ([], ["multirun.yaml"])
+    assert not (tmp_path / "sweep").exists()  # not even Hydra's multirun.yaml
+
+
+# The entry point as `python -m src.train` runs it, paused at a phase of its start until a
+# signal arrives: while it imports its modules, or in the up-front check of its overrides.
+_PAUSED_ENTRY = """
+import runpy, sys, time
+
+phase = sys.argv.pop(1)
+
+
+def pause():
+    print("paused", flush=True)
+    from src.run.signals import SIGNALS
+
+    for _ in range(600):
+        if SIGNALS.pending is not None:  # noted, to act on once the imports are done
+            return
+        time.sleep(0.05)
+
+
+class PauseAtImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hydra":  # the entry's first import after its signal policy
+            sys.meta_path.remove(self)
+            pause()
+        return None
+
+
+if phase == "imports":
+    sys.meta_path.insert(0, PauseAtImport())
+else:
+    import hydra
+
+    compose = hydra.compose
+    hydra.compose = lambda *args, **kwargs: (pause(), compose(*args, **kwargs))[1]
+runpy.run_module("src.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("phase", ["imports", "override check"])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 75), (signal.SIGINT, 130)])
+def test_a_signal_at_start_up_exits_with_the_signal_policys_code(tmp_path, phase, signum,
+                                                                  code):
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_ENTRY, phase, *QUICK,
+                             "hydra.run.dir=run"], cwd=tmp_path, env=module_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "paused"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err and "rerun to resume" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_local_config_that_is_not_yaml_is_one_paragraph_naming_file_and_line(tmp_path):
+    checkout = tmp_path / "checkout"  # a copy: the repository's conf/local stays as it is
+    for name in ("src", "conf", "hydra_plugins", "analysis"):
+        shutil.copytree(ROOT / name, checkout / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    local = checkout / "conf" / "local" / "default.yaml"
+    local.write_text("paths:\n  data_dir: [unclosed\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_module(QUICK, cwd=work, env_extra={"PYTHONPATH": str(checkout)})
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Configuration error:"), out.stderr[-2000:]
+    assert f"{local} line 2='data_dir: [unclosed'" in lines[0] and "valid YAML" in lines[0]
+    assert not any(work.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(("args", "key"), [
+    (["paths.output_dir=/proc/x"], "paths.output_dir='/proc/x'"),
+    (["paths.output_dir=afile"], "paths.output_dir='afile'"),
+    (["-m", "paths.output_dir=afile/sub", "trainer.lr=0.1,0.2"], "paths.output_dir='afile/sub'"),
+    (["logger=wandb", "logger.mode=offline", "logger.dir=/proc/x"], "logger.dir='/proc/x'"),
+])
+def test_an_output_folder_that_takes_no_files_is_refused_before_anything_is_written(
+        tmp_path, args, key):
+    (tmp_path / "afile").write_text("in the way")
+    out = run_module([*args, *QUICK], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Configuration error: {key} is not valid")
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_a_task_name_that_escapes_outputs_leaves_no_folder(tmp_path):
+    out = run_module(["task_name=../escaped", *QUICK], cwd=tmp_path)
+    assert out.returncode == 2 and "task_name='../escaped'" in out.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("negative label", "dataset.npz="),
+    ("negative label", "y_test holds the negative label -1"),
+    ("text file", "it is a text file, not a numpy archive (it begins 'x_train,y_train')"),
+])
+def test_a_bad_archives_hint_names_its_actual_problem(tmp_path, case, says):
+    with pytest.raises(ConfigError) as info:
+        train(npz_cfg(bad_archives(tmp_path)[case], tmp_path / "run"))
+    assert says in str(info.value)
+
+
+def test_human_noise_on_another_dataset_than_cifar10_says_so(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg(["noise=human", "noise.file=/nonexistent/CIFAR-10_human.pt"],
+                          run_dir=tmp_path))
+    assert "dataset=digits is not CIFAR-10" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["model=mlp,nosuchmodel", "hydra.launcher.max_members=0"])
+def test_a_refused_batched_sweep_writes_nothing(tmp_path, bad):
+    out = run_module(["-m", *QUICK, "hydra/launcher=batched", "trainer.seed=0,1", *bad.split(),
+                      "hydra.sweep.dir=sweep"], cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Configuration error:" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -115,6 +115,9 @@ def load_npz(path: str | Path) -> Arrays:
               "labels y_train, y_test"
     if not path.is_file():
         raise ConfigError("dataset.npz", str(path), allowed, hint=f"no file at {path.resolve()}")
+    kind = not_numpy(path)
+    if kind:
+        raise ConfigError("dataset.npz", str(path), allowed, hint=kind)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):  # a .npy holds one array, not the four splits
@@ -140,6 +143,25 @@ def load_npz(path: str | Path) -> Arrays:
             splits[k] = splits[k][..., None]
     return Arrays(np.ascontiguousarray(splits["x_train"]), splits["y_train"],
                   np.ascontiguousarray(splits["x_test"]), splits["y_test"], source=str(path))
+
+
+# How numpy's files begin: an .npz is a zip archive (an empty one too), an .npy its own magic.
+NUMPY_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")
+
+
+def not_numpy(path: Path) -> str | None:
+    """What the file is when it is not one of numpy's (a text file, say), else None: numpy's
+    own error for it speaks of pickled data, which is not the problem."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head or head.startswith(NUMPY_MAGIC):
+        return None  # an empty file: numpy's error says it
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not a numpy file: no zip (.npz) or .npy header at its start"
+    first = text.splitlines()[0][:60] if text.strip() else ""
+    return f"it is a text file, not a numpy archive (it begins {first!r})"
 
 
 def _decode_jpeg_scans(z: Any) -> dict[str, np.ndarray]:
@@ -219,10 +241,12 @@ def check_arrays(a: Arrays, cfg: Mapping[str, Any]) -> None:
         if len(y) == 0:
             raise ConfigError(key, a.source, "non-empty train and test splits",
                               hint=f"the {split} split is empty")
-        if y.min() < 0 or y.max() >= k:
-            raise ConfigError("dataset.num_classes", k, f"more than the largest label and no "
-                              f"negative label: y_{split} of {a.source} spans "
-                              f"[{int(y.min())}, {int(y.max())}]")
+        if y.min() < 0:
+            raise ConfigError(key, a.source, "class labels in [0, dataset.num_classes)",
+                              hint=f"y_{split} holds the negative label {int(y.min())}")
+        if y.max() >= k:
+            raise ConfigError("dataset.num_classes", k, f"more than the largest label: "
+                              f"y_{split} of {a.source} spans [{int(y.min())}, {int(y.max())}]")
 
 
 def stratified_split(labels: np.ndarray, fraction: float,

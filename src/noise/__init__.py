@@ -222,7 +222,11 @@ def _check_options(
                                    "unit: each image scaled to unit length")
     elif name == "human":
         check_label_set(values["label_set"])
-        values["file"] = str(check_label_path(values["file"]))
+        other = models.dataset_key(dataset) not in ("cifar10", "npz")  # npz: CIFAR-10's images
+        values["file"] = str(check_label_path(values["file"], (
+            f"noise=human relabels CIFAR-10's training images, and dataset={dataset} is not "
+            "CIFAR-10 (noise=symmetric, asymmetric, pairflip or instance fit any dataset)")
+            if other else ""))
         if k != 10:
             raise ConfigError("dataset.num_classes", k, "10 for noise=human",
                               hint="CIFAR-10N labels the 10 CIFAR-10 classes")

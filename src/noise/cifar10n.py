@@ -33,19 +33,23 @@ FILE_SUFFIXES: tuple[str, ...] = (".pt", ".npz")
 _FILE_ALLOWED = "a CIFAR-10N label file: the authors' CIFAR-10_human.pt or an .npz of its arrays"
 
 
-def check_label_path(file: Any) -> Path:
-    """The path of `noise.file` after checking it names a non-empty .pt or .npz file."""
+def check_label_path(file: Any, problem: str = "") -> Path:
+    """The path of `noise.file` after checking it names a non-empty .pt or .npz file.
+    `problem`: what is wrong besides (another dataset than CIFAR-10), said first."""
+    def bad(value: Any, hint: str = "") -> ConfigError:
+        return ConfigError("noise.file", value, _FILE_ALLOWED,
+                           hint="; ".join(h for h in (problem, hint) if h))
+
     if not isinstance(file, (str, Path)) or not str(file):
-        raise ConfigError("noise.file", file, _FILE_ALLOWED)
+        raise bad(file)
     path = Path(file)
     if path.suffix not in FILE_SUFFIXES:
-        raise ConfigError("noise.file", str(path), _FILE_ALLOWED,
-                          hint=f"the name ends in {path.suffix or 'no suffix'}, "
-                               f"not one of {list(FILE_SUFFIXES)}")
+        raise bad(str(path), f"the name ends in {path.suffix or 'no suffix'}, "
+                             f"not one of {list(FILE_SUFFIXES)}")
     if not path.is_file():
-        raise ConfigError("noise.file", str(path), _FILE_ALLOWED, hint=f"no file at {path}")
+        raise bad(str(path), f"no file at {path}")
     if path.stat().st_size == 0:
-        raise ConfigError("noise.file", str(path), _FILE_ALLOWED, hint="the file is empty")
+        raise bad(str(path), "the file is empty")
     return path
 
 

@@ -6,6 +6,8 @@ submitit uses SIGUSR2 and requeues the job from its own handler; a person presse
 
 * inside the epoch loop (`SIGNALS.deferred()`), the handler only sets a flag: the loop polls it
   between steps, saves a checkpoint and then raises `Stopped`;
+* while an entry point imports its modules (`SIGNALS.hold()` until `release()` in its main
+  function), likewise: the flag is acted on once the entry's own code runs;
 * anywhere else (start-up, data loading, skipping completed runs, between the jobs of a
   sweep), the handler raises `Stopped` at once: there is nothing to save yet.
 
@@ -53,6 +55,7 @@ class SignalPolicy:
         self.pending: int | None = None
         self.previous: dict[int, Any] = {}
         self._deferring = 0
+        self._held = False
 
     def install(self) -> None:
         """Take over the handled signals (main thread only; once per process)."""
@@ -61,12 +64,31 @@ class SignalPolicy:
         for s in HANDLED:
             self.previous[s] = signal.signal(s, self._handle)
 
+    def hold(self) -> None:
+        """Install now, but only note a signal until `release`: for the imports an entry
+        point runs before its main function, where a raised `Stopped` would be a traceback."""
+        self.install()
+        if self.previous and not self._held:
+            self._held = True
+            self._deferring += 1
+
+    def release(self) -> None:
+        """End `hold`: from now on a signal raises at once, and one noted meanwhile raises
+        here."""
+        if self._held:
+            self._held = False
+            self._deferring -= 1
+        self.raise_if_requested()
+
     def restore(self) -> None:
         """Give the signals back to the handlers found at install (tests; embedding code)."""
         for s, prev in self.previous.items():
             signal.signal(s, prev)
         self.previous.clear()
         self.pending = None
+        if self._held:
+            self._held = False
+            self._deferring -= 1
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.pending = signum

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.config.entry import unwritable as unwritable_folder
 from src.config.options import AMP_CHOICES, COMPILE_MODES
 from src.data.tensors import Split, TrainData, normalisation
 from src.errors import ConfigError
@@ -462,17 +463,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def unwritable(out: Path) -> str | None:
-    """Why the report could not be written at `out` (checked before hours of timing)."""
+    """Why the report could not be written at `out`, found by trying to write in its folder
+    (src.config.entry.unwritable) before hours of timing, not after."""
     if out.is_dir():
         return "it is a folder"
-    folder = out.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is a file"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} is not writable"
-    return None
+    return unwritable_folder(out.parent)
 
 
 def _auto_bool(text: str) -> str | bool:
