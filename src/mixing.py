@@ -52,7 +52,7 @@ class MixSettings:
     partners, every batch mixed, no CutMix."""
 
     mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0  # 0 = no CutMix
+    cutmix_alpha: float = 0.0  # 0 = no CutMix (1 whenever cutmix_minmax is set, as timm)
     cutmix_minmax: tuple[float, float] | None = None  # box sides as fractions of the image
     correct_lam: bool = True  # lambda = 1 - the pasted box's share of the image
     mix_prob: float = 1.0  # probability that a batch (or pair, or sample) is mixed at all
@@ -64,9 +64,12 @@ class MixSettings:
     @classmethod
     def from_config(cls, aug: Mapping[str, Any]) -> MixSettings:
         minmax = aug.get("cutmix_minmax")
+        # A min-max range turns CutMix on at alpha 1, whatever cutmix_alpha says, as timm's
+        # Mixup forces it (its boxes' sides come from the range, lambda from their area).
+        cutmix_alpha = 1.0 if minmax is not None else float(aug.get("cutmix_alpha", 0.0))
         return cls(
             mixup_alpha=float(aug.get("mixup_alpha", 0.0)),
-            cutmix_alpha=float(aug.get("cutmix_alpha", 0.0)),
+            cutmix_alpha=cutmix_alpha,
             cutmix_minmax=None if minmax is None else (float(minmax[0]), float(minmax[1])),
             correct_lam=bool(aug.get("correct_lam", True)),
             mix_prob=float(aug.get("mix_prob", 1.0)),

@@ -5,6 +5,7 @@ Mixup through the models' hidden states; drawn from each member's generators and
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,3 +400,26 @@ def test_compiled_manifold_mixup_compiles_once_and_matches_eager(mode, monkeypat
     assert counter.graphs == 1
     for name, w in runs[0].items():
         torch.testing.assert_close(runs[1][name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_minmax_range_turns_cutmix_on_as_timm_does(timm_mixup):
+    """cutmix_minmax with cutmix_alpha = 0: timm forces alpha 1 and cuts every batch; the suite
+    did nothing and recorded method `none` with plain training's loss."""
+    aug = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "cutmix_minmax": [0.3, 0.7]}
+    reference = timm_mixup.Mixup(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_minmax=(0.3, 0.7),
+                                 num_classes=K, label_smoothing=0.0)
+    x = torch.rand(B, 3, H, W)
+    mixed = x.clone()
+    out = reference(mixed, torch.arange(B) % K)
+    target = out[1] if isinstance(out, tuple) else out
+    assert not torch.equal(mixed, x) and (target.max(-1).values < 1).any()  # timm cut them
+    settings = MixSettings.from_config(aug)
+    assert settings.mixes and settings.cutmix_alpha == 1.0
+    draws = draw_epoch(settings, np.random.default_rng(0), 4, B, (H, W))
+    assert draws.boxes is not None and (draws.lam < 1).all()
+    sides = draws.boxes[..., 1] - draws.boxes[..., 0]
+    assert ((sides >= int(H * 0.3)) & (sides < int(H * 0.7))).all()
+    from src.run.identity import run_identity
+    from tests.conftest import make_cfg
+    cfg = make_cfg(["augmentation.cutmix_minmax=[0.3,0.7]"], run_dir=Path("/o/r"))
+    assert run_identity(cfg, "")["method"] == "cutmix"

@@ -94,6 +94,15 @@ def test_member_folders_sit_beside_the_job_folder():
     assert dirs == ["/o/2024/seed=0", "/o/2024/seed=5"]
 
 
+def test_each_member_resolves_interpolations_with_its_own_seed():
+    """noise.seed=${trainer.seed} gives each member its own noise draw, as separate runs of
+    those seeds have it (resolved before the seed was set, every member got the job's)."""
+    over = TINY + ["trainer.parallel_seeds=[0,5]", "noise=symmetric",
+                   "noise.seed=${trainer.seed}"]
+    members = member_configs(make_cfg(over, run_dir="/o/cell"))
+    assert [(m.trainer.seed, m.noise.seed) for m in members] == [(0, 0), (5, 5)]
+
+
 def cfg_at(overrides: list[str], run_dir: Path):
     """make_cfg with a run_dir whose name holds '=' (quoted for Hydra's override grammar)."""
     return make_cfg(overrides + [f"paths.run_dir='{run_dir}'"])

@@ -10,8 +10,9 @@ smoothing eps and start, the augmentation's name), cuts each group into batches 
 `max_members` runs, and hands each batch to the app's `train_batch` (src/train.py), which
 trains the batch's runs as one vmapped model (src.training.trainer.StackedTrainer) and writes
 each run's ordinary folder, records and W&B run, as the default launcher would. Completed runs
-are skipped; a model without a vmap rule (lstm, gru) runs one job at a time. Every job still
-gets Hydra's job callbacks and a JobReturn, so the sweep's end callbacks (the analysis) run.
+are skipped; runs that cannot be stacked (src.config.validate.cannot_stack: lstm and gru,
+fp16 loss scaling, dropout) run one job at a time. Every job still gets Hydra's job
+callbacks and a JobReturn, so the sweep's end callbacks (the analysis) run.
 
 The jobs of a batch share one process and one working directory (`hydra.job.chdir` is not
 applied), and the first job's environment (`hydra.job.env_set`).
@@ -77,6 +78,16 @@ class BatchedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
+        """Refuse a bad launcher setting or another app here: the sweeper sets its launcher
+        up before it writes the sweep folder, so a refused sweep leaves nothing."""
+        _app_module(task_function)
+        max_members = self.max_members
+        if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
+            from src.config.entry import refuse
+            from src.errors import ConfigError
+
+            refuse(ConfigError("hydra.launcher.max_members", max_members, "an integer >= 1 "
+                               "(the most runs trained together as one batched model)"))
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
@@ -89,11 +100,6 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         app = _app_module(self.task_function)
         max_members = self.max_members
-        if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
-            from src.errors import ConfigError
-
-            _refuse(str(ConfigError("hydra.launcher.max_members", max_members, "an integer >= 1 "
-                                    "(the most runs trained together as one batched model)")))
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         saved = HydraConfig.instance().cfg
         try:
@@ -175,7 +181,7 @@ class BatchedLauncher(Launcher):
 def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
     """The batches, as job indices (src.run.batches.plan_batches). A config the key cannot be
     read from (it fails validation in its job) is a batch of its own."""
-    from src.models import vmappable
+    from src.config.validate import cannot_stack
     from src.run.batches import batch_key, plan_batches
 
     keys: list[str | None] = []
@@ -184,7 +190,7 @@ def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
     for task in tasks:
         try:
             key, size = batch_key(task), len(task.trainer.get("parallel_seeds") or []) or 1
-            alone = not vmappable(str(task.model.name))
+            alone = cannot_stack(task.model, str(task.trainer.amp)) is not None
         except Exception:  # reported by the job itself, alone
             key, size, alone = None, 1, True
         keys.append(key)
@@ -216,13 +222,11 @@ def _app_module(task_function: TaskFunction) -> ModuleType:
     module = sys.modules.get(getattr(task_function, "__module__", "") or "")
     if module is None or not callable(getattr(module, ENTRY, None)) \
             or getattr(module, JOB, None) is None:
-        _refuse("hydra/launcher='batched' is not valid: the suite's training entry only (python"
-                " -m src.train, lsmix-train); use the default launcher for this command")
+        from src.config.entry import refuse
+        from src.errors import ConfigError
+
+        refuse(ConfigError("hydra/launcher", "batched", "the suite's training entry only "
+                           "(python -m src.train, lsmix-train)",
+                           hint="use the default launcher for this command"))
     assert module is not None
     return module
-
-
-def _refuse(message: str) -> None:
-    """One paragraph and exit code 2, before anything is written (the suite's bad input)."""
-    print(f"Configuration error: {message}. Nothing was trained.", file=sys.stderr)
-    sys.exit(2)

@@ -227,7 +227,8 @@ def validate(cfg: DictConfig) -> None:
     check_section("logger", lg, LOGGER[lg["name"]])
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
     check_augmentation(plain["augmentation"], plain["model"]["name"], ds, plain["trainer"])
-    check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"]["name"])
+    check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"],
+                         str(plain["trainer"]["amp"]))
 
 
 def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any],
@@ -257,21 +258,45 @@ def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any]
     if aug["mix_layer"] not in layers:
         raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
                           f"a Manifold Mixup stage of model {model}: one of {list(layers)}")
-    if aug["mix_layer"] != INPUT and aug["cutmix_alpha"] > 0:
+    if aug["mix_layer"] != INPUT and (aug["cutmix_alpha"] > 0 or lo_hi is not None):
         raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
-                          f"{INPUT!r} with CutMix (cutmix_alpha > 0)",
+                          f"{INPUT!r} with CutMix (cutmix_alpha > 0 or a cutmix_minmax)",
                           hint="CutMix pastes image boxes: it mixes the input only")
 
 
-def check_parallel_seeds(seeds: list[int], model: str) -> None:
-    """Seeds trained together must be distinct, and the model must run under vmap."""
+def check_parallel_seeds(seeds: list[int], model: Mapping[str, Any], amp: str) -> None:
+    """Seeds trained together must be distinct, and their runs must be stackable."""
     if len(set(seeds)) != len(seeds):
         raise ConfigError("trainer.parallel_seeds", seeds, "a list of distinct seeds")
+    why = cannot_stack(model, amp) if seeds else None
+    if why is not None:
+        raise ConfigError("trainer.parallel_seeds", seeds, f"[] for these runs ({why})",
+                          hint="run the seeds as separate jobs")
+
+
+def cannot_stack(model: Mapping[str, Any], amp: str) -> str | None:
+    """Why runs of this model and precision may not train as one batched model, or None.
+
+    The one rule for `trainer.parallel_seeds`, the batched launcher and src.run.batches. Each
+    member's failure and draws must stay its own, as in its separate run:
+    - a model without a vmap rule (nn.LSTM/GRU) cannot be stacked at all;
+    - fp16 loss scaling has one GradScaler for the stacked parameters: a member whose
+      gradients overflow (one diverging, say) makes it skip every member's step and shrink
+      the one scale until the others freeze, where separate runs each keep their own scale;
+    - dropout inside vmap draws one stream for all members, so a member's masks would
+      depend on which runs it was batched with.
+    """
     from src.models import vmappable
 
-    if seeds and not vmappable(model):
-        raise ConfigError("trainer.parallel_seeds", seeds, f"[] for model {model}",
-                          hint=f"{model} has no vmap rule; run its seeds as separate jobs")
+    name = str(model["name"])
+    if not vmappable(name):
+        return f"{name} has no vmap rule"
+    if amp == "fp16":
+        return "trainer.amp=fp16 has one loss scale for all members; use bf16 or off"
+    if any(k.endswith("dropout") and isinstance(v, (int, float)) and v > 0
+           for k, v in model.items()):
+        return "dropout draws one random stream for all members"
+    return None
 
 
 # Architectures already checked in this process: a sweep checks each once, not once per run

@@ -57,10 +57,11 @@ def differing_keys(cfgs: Sequence[DictConfig]) -> list[str]:
 
 def check_batch(cfgs: Sequence[DictConfig]) -> None:
     """Refuse members that may not train as one batched model: configs that differ in a key
-    outside BATCHABLE_KEYS, the same folder twice, or a model that vmap cannot run."""
+    outside BATCHABLE_KEYS, the same folder twice, or runs that cannot be stacked
+    (src.config.validate.cannot_stack)."""
     if len(cfgs) < 2:
         return
-    from src.models import vmappable
+    from src.config.validate import cannot_stack
 
     others = [k for k in differing_keys(cfgs) if k not in MEMBER_OWN_KEYS]
     if others:
@@ -75,11 +76,10 @@ def check_batch(cfgs: Sequence[DictConfig]) -> None:
         twice = sorted({d for d in dirs if dirs.count(d) > 1})
         raise ConfigError("paths.run_dir", twice[0], "one folder for each run trained together",
                           hint=f"{len(dirs)} runs, {len(set(dirs))} folders")
-    model = str(cfgs[0].model.name)
-    if not vmappable(model):
-        raise ConfigError("model.name", model, "a model that vmap can run, to train several "
-                          "runs as one batched model", hint=f"{model} has no vmap rule; train its"
-                          " runs one at a time")
+    why = cannot_stack(cfgs[0].model, str(cfgs[0].trainer.amp))
+    if why is not None:
+        raise ConfigError("model.name", str(cfgs[0].model.name), "runs that can train as one "
+                          f"batched model ({why})", hint="train these runs one at a time")
 
 
 def describe_batch(cfgs: Sequence[DictConfig], batch_id: str) -> str:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from src.config.validate import cannot_stack
 from src.data.tensors import TrainData, first_samples, prepare_data
+from src.errors import ConfigError
 from src.files import write_json_atomic
 from src.loggers import NullLogger, make_logger, run_name
 from src.noise import noise_metrics
@@ -154,6 +156,11 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
         # Bad devices, missing files and noise that does not fit the data raise ConfigError
         # here, before a results.json exists that analysis could take for a run.
         ex = resolve_execution(cfgs[0].trainer, spread)
+        if len(cfgs) > 1 and ex.amp == "fp16":  # trainer.amp=auto on a GPU without bf16
+            why = cannot_stack(cfgs[0].model, "fp16")
+            raise ConfigError("trainer.amp", str(cfgs[0].trainer.amp), "a precision that "
+                              f"runs trained together can share ({why})",
+                              hint="set trainer.amp=off, or train these runs one at a time")
         jobs = launcher_jobs()
         threads = apply_threads(cfgs[0].trainer.threads, jobs) if ex.device.type == "cpu" \
             else torch.get_num_threads()
@@ -210,6 +217,9 @@ def _resume(cfgs: list[DictConfig], trainer: Trainer, ckpt_dir: Path, state: Job
         log.warning("checkpoint in %s does not fit this trainer (%s); starting over",
                     ckpt_dir, err)
         return JobState.fresh(len(cfgs))
+    for k, active in enumerate(state.active):
+        if not active:
+            trainer.stop_member(k)
     for c, history in zip(cfgs, state.histories):  # drop epochs logged after the checkpoint
         write_metrics(Path(c.paths.run_dir) / METRICS, history)
     log.info("resuming %s after epoch %d%s", ckpt_dir, state.epoch,
@@ -278,7 +288,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
                 _checkpoint(cfgs, trainer, state, key)
                 SIGNALS.raise_if_requested()
-            _record_training(members, stats, state, epoch, data)
+            _record_training(members, stats, state, epoch, data, trainer)
             if (epoch % every == 0 or epoch == epochs) and any(state.active):
                 _record_evaluation(members, trainer, data, stats, state, epoch, t0, progress)
             state.epoch = epoch
@@ -318,19 +328,38 @@ def seeds_only(cfgs: list[DictConfig]) -> bool:
 # A loss this far above a uniform guess's (log K) has exploded: no soft target of the suite
 # (smoothed, mixed, or with negative smoothing) makes a learning model's loss reach it.
 EXPLODED_LOSS = 100.0
+# A log-probability below -COLLAPSED_LOG_PROB (e^-100 ~ 4e-44, beneath float32's smallest
+# normal number) means the logits have run away from each other. Negative smoothing (uniform
+# mass m < 0) puts negative target entries of total mass at most |m| on classes, and the
+# loss rewards pushing their probabilities to zero without bound (Wei et al. 2022 warm up
+# first for this reason): a loss below -|m| * (COLLAPSED_LOG_PROB + log K) can only come
+# from such runaway logits, never from a model that is learning. Targets without negative
+# entries give a loss >= 0.
+COLLAPSED_LOG_PROB = 100.0
 # After this many epochs a model still at chance on its training labels is not learning.
 CHANCE_EPOCHS = 3
 
 
-def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: bool
-               ) -> str | None:
-    """Why a member's epoch says it diverged (non-finite or exploded loss, training accuracy
-    still at chance after CHANCE_EPOCHS epochs), or None."""
+def collapse_bound(mass: float, num_classes: int) -> float:
+    """The lowest training loss a learning model reaches with uniform mass `mass`."""
+    return -abs(min(mass, 0.0)) * (COLLAPSED_LOG_PROB + math.log(num_classes))
+
+
+def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: bool,
+               mass: float = 0.0) -> str | None:
+    """Why a member's epoch says it diverged, or None: a non-finite loss, a loss exploded
+    upwards or collapsed downwards (below `collapse_bound` of its uniform mass `mass`), or
+    training accuracy still at chance after CHANCE_EPOCHS epochs."""
     if not st.finite:
         return f"non-finite training loss ({st.loss}) in epoch {epoch}"
     bound = EXPLODED_LOSS * math.log(num_classes)
     if st.loss > bound:
         return f"training loss {st.loss:.4g} above {bound:.4g} (100 x log K) in epoch {epoch}"
+    floor = collapse_bound(mass, num_classes)
+    if st.loss < floor:
+        return (f"training loss {st.loss:.4g} below {floor:.4g} in epoch {epoch}: the logits "
+                f"ran away (a log-probability under -{COLLAPSED_LOG_PROB:g} at uniform mass "
+                f"{mass:g})")
     if labels_learnable and epoch >= CHANCE_EPOCHS and st.acc <= 1 / num_classes + 0.01:
         return (f"training accuracy {st.acc:.4f} still at chance (1/K = {1 / num_classes:.4f})"
                 f" after {epoch} epochs")
@@ -338,8 +367,9 @@ def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: b
 
 
 def _record_training(members: list[Member], stats: list[EpochStats], state: JobState,
-                     epoch: int, data: TrainData) -> None:
-    """Add the epoch's time and images; a diverged member (see `divergence`) ends `diverged`."""
+                     epoch: int, data: TrainData, trainer: Trainer) -> None:
+    """Add the epoch's time and images; a diverged member (see `divergence`) ends `diverged`
+    and is stopped in the trainer (it no longer touches the shared update)."""
     k_classes = data.num_classes
     # Labels a model can fit beyond chance: not (close to) uniformly random.
     noise = float(members[0].record.get("noise_rate_realized") or 0.0)
@@ -351,9 +381,11 @@ def _record_training(members: list[Member], stats: list[EpochStats], state: JobS
             continue
         state.train_s[k] += st.seconds
         state.images[k] += st.images
-        why = divergence(st, epoch, k_classes, learnable)
+        mass = float(members[k].record.get("smoothing_uniform_mass") or 0.0)
+        why = divergence(st, epoch, k_classes, learnable, mass)
         if why is not None:
             state.active[k] = False
+            trainer.stop_member(k)
             rec = members[k].record
             rec["status"], rec["error"] = "diverged", why
             log.error("run %s diverged: %s", members[k].run_dir, why)

@@ -67,14 +67,18 @@ class Optimisation:
             self.optimizer, lr_factor(cfg, steps_per_epoch))
         self.scaler = scaler
 
-    def update(self, loss: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor,
+               mask_grads: Callable[[], None] | None = None) -> None:
         """Backward of `loss`, an optimizer step (through the fp16 scaler), the schedule's step.
 
         K members trained together pass the sum of their losses: the sum's gradient with
-        respect to member k's parameters is member k's own gradient.
+        respect to member k's parameters is member k's own gradient. `mask_grads` runs between
+        the backward and the step (zeroing the gradients of members that stopped).
         """
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if mask_grads is not None:
+            mask_grads()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

@@ -26,12 +26,16 @@ through `vmap(functional_call)`, so every layer is one batched kernel instead of
 BatchNorm keeps per-member running statistics (the stacked buffers are vmapped with the
 parameters). The loss is the sum of the K member losses, so each member's gradient is exactly
 its own; SGD and AdamW are elementwise, so one optimizer over the stacked tensors is K
-independent ones. Equality with K separate runs: data order, augmentation draws, lambdas and
-initial weights are identical; the arithmetic is not the same code path (a vmapped linear layer
+independent ones. A member that diverged is stopped (`stop_member`): its loss is left out of
+the sum and its gradients zeroed, so its failure stays its own. What would couple members is
+refused before they are stacked (src.config.validate.cannot_stack): fp16 loss scaling (one
+scaler) and dropout (one random stream).
+
+Equality with K separate runs: data order, augmentation draws, lambdas and initial weights are
+identical; the arithmetic is not the same code path (a vmapped linear layer
 is a batched matmul, a vmapped convolution a grouped convolution, whose sums a CPU may order
 differently), so members agree with separate runs to float rounding, which training amplifies
-slowly. Not the same as separate runs either: dropout draws (one vmapped stream) and fp16 loss
-scaling (one scaler). Not supported: nn.LSTM/GRU (no vmap rule) and channels-last.
+slowly. Not supported: nn.LSTM/GRU (no vmap rule) and channels-last.
 """
 
 from __future__ import annotations
@@ -131,6 +135,10 @@ class Trainer:
         self.np_rngs = [np.random.default_rng(s) for s in self.seeds]
         self.epoch_state: EpochState | None = None
         self.cuda_graphs = False
+        # (K,) bool of the members still training, None while all are: a member that stopped
+        # (diverged) adds nothing to the loss and its gradients are zeroed before the shared
+        # step, so its inf or NaN can never reach another member (src.run.lifecycle stops it).
+        self.live: torch.Tensor | None = None
 
     def _optimisation(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor]) -> None:
         self.optim = Optimisation(decay, no_decay, self.cfg, self.device, self.steps_per_epoch,
@@ -238,8 +246,23 @@ class Trainer:
         with self.ex.autocast():
             logits = self._forward(x) if perm is None else self._forward(x, (lam, perm))
         loss = mixup_smoothing_loss(logits, y, y2, lam, self.smoothing_mass())
-        self.optim.update(loss.sum())
+        if self.live is None:
+            self.optim.update(loss.sum())
+        else:
+            self.optim.update(torch.where(self.live, loss, torch.zeros_like(loss)).sum(),
+                              self._mask_stopped)
         return loss.detach(), lambda_weighted_hits(logits, y, y2, lam)
+
+    def stop_member(self, k: int) -> None:
+        """Take member k out of the shared update from the next step on (it diverged)."""
+        live = torch.ones(len(self.seeds), dtype=torch.bool) if self.live is None \
+            else self.live.cpu()
+        live[k] = False
+        self.live = live.to(self.device)
+
+    def _mask_stopped(self) -> None:
+        """Zero the gradients of stopped members (NaN times zero is NaN: filled, not scaled)."""
+        raise NotImplementedError
 
     def smoothing_mass(self) -> torch.Tensor:
         """The uniform mass of the loss now: each member's, or zero before its
@@ -372,6 +395,11 @@ class SingleTrainer(Trainer):
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         return t[0]
 
+    def _mask_stopped(self) -> None:
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images to normalised floats, channels-last where chosen."""
         x = super().normalise(x)
@@ -481,6 +509,12 @@ class StackedTrainer(Trainer):
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         return t
+
+    def _mask_stopped(self) -> None:
+        stopped = ~self.live
+        for p in self.params.values():
+            if p.grad is not None:
+                p.grad.masked_fill_(stopped.view(-1, *[1] * (p.ndim - 1)), 0)
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
         """(K, B, C, H, W) normalised images; crops and flips from each member's generator."""
