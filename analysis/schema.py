@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from src.config import REPLICATES
 from src.run.records import METRICS as METRICS_LOG  # noqa: F401  (METRICS here: the metric keys)
 from src.run.records import RESULTS  # noqa: F401
 
@@ -27,10 +28,8 @@ META = (
     "started_at", "finished_at", "results_mtime", "config_fingerprint", "trained_with_seeds",
     "trained_with",
 )
-# Replicates of one setting: the training seed and the seed of the label-noise draw. A cell's
-# mean is over both (each noise draw is a sample of the same noise model, as each
-# initialisation is of the same training).
-REPLICATE_KEYS = ("seed", "noise_seed")
+# Replicates of one setting, by the results fields they are recorded as (src.config.REPLICATES).
+REPLICATE_KEYS = tuple(REPLICATES.values())
 NOT_CONFIG = frozenset(METRICS + OTHER_OUTPUTS + META + REPLICATE_KEYS)
 
 # The nested objects of results.json, flattened into one column per key by the loader:

@@ -93,8 +93,9 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
                           "split", hint=f"{run_dir} was trained with dataset.val_fraction=0")
     eval_cfg = with_noise(cfg, noise, run_dir) if noise is not None else cfg
 
-    ex = resolve_execution(cfg.trainer)
-    data, noisy = prepare_data(cfg, ex.device, ex.channels_last, [])  # [] : no noise files
+    execution = resolve_execution(cfg.trainer)
+    # []: no noise files
+    data, noisy = prepare_data(cfg, execution.device, execution.channels_last, [])
     if noise is not None:  # only the labels: the images are on the device already
         arrays = load_arrays(cfg.dataset)
         other = inject_noise(arrays.y_train, data.num_classes, eval_cfg.noise,
@@ -102,7 +103,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
         data = relabel_training_split(data, cfg, noisy.given_labels, other.given_labels)
     seed = int(cfg.trainer.seed)
     model = fresh_model(cfg.model, tuple(int(v) for v in cfg.dataset.image_shape),
-                        data.num_classes, ex, seed)
+                        data.num_classes, execution, seed)
     try:
         weights = load_weights(weights_file, member_index(results, seed))
     except Exception as err:  # truncated, corrupt, not a torch file, or no weights in it
@@ -113,7 +114,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
     except RuntimeError as err:
         raise ConfigError("ckpt_path", str(weights_file), f"weights of the {cfg.model.name} "
                           f"model {run_dir / CONFIG} describes", hint=_first_line(err)) from None
-    trainer = SingleTrainer(model, data, cfg.trainer, cfg.augmentation, ex, seed)
+    trainer = SingleTrainer(model, data, cfg.trainer, cfg.augmentation, execution, seed)
 
     from src.run.lifecycle import evaluate_members  # the run's own evaluation of an epoch
 
@@ -127,7 +128,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
         "config_fingerprint": fp,
         "fingerprint_matches_run": (fp == results["config_fingerprint"]
                                     if "config_fingerprint" in results else None),
-        "device": str(ex.device), "amp": ex.amp, "evaluated_at": now_iso(),
+        "device": str(execution.device), "amp": execution.amp, "evaluated_at": now_iso(),
         **evaluate_members(trainer, data, [0])[0],
     }
     if filled:

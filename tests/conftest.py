@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -72,3 +73,14 @@ def _loggers_enabled():
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+class CountingBackend:
+    """A torch.compile backend that counts graph compilations and runs them eagerly."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, gm: Any, example_inputs: list) -> object:
+        self.graphs += 1
+        return gm.forward

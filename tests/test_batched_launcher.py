@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import src.train
 from hydra_plugins.lsmix_batched_launcher.batched_launcher import _plan
+from src.augmentation import mixup_smoothing_loss
 from src.config import BATCHABLE_KEYS
 from src.errors import ConfigError
 from src.files import read_json
-from src.mixing import mixup_smoothing_loss
+from src.run import preflight
 from src.run.batches import batch_key, check_batch, plan_batches
 from src.run.lifecycle import run_job
 from src.run.records import read_metrics
@@ -195,7 +195,7 @@ def test_batch_writes_each_runs_ordinary_folder_equal_to_its_separate_run(tmp_pa
 
 def test_a_bad_job_fails_alone_and_the_others_train(tmp_path, capsys, monkeypatch):
     failed: list[str] = []
-    monkeypatch.setattr(src.train, "_FAILED_JOBS", failed)  # the sweep's list of failed jobs
+    monkeypatch.setattr(preflight, "FAILED_JOBS", failed)  # the sweep's list of failed jobs
     good = [LaunchedJob(cfg_in(cell(a, e, s), tmp_path / f"g{i}"), "g")
             for i, (a, e, s) in enumerate(CELLS[:2])]
     bad = LaunchedJob(cfg_in(cell(0.4, 1.5, 0), tmp_path / "bad"), "bad")

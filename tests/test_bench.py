@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.mixing import mixup_smoothing_loss
+from src.augmentation import mixup_smoothing_loss
 from src.tools import bench, reference
 from tests.conftest import TINY
 
@@ -136,6 +136,13 @@ def test_bad_command_line_is_refused_before_anything_runs(argv, option, tmp_path
     err = capsys.readouterr().err
     assert f"{option}=" in err and "expected" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_bench_accepts_what_a_run_accepts(tmp_path):
+    """Its values are checked by the suite's own validation: negative smoothing, which runs
+    accept (Wei et al. 2022), is no bench error."""
+    args = bench.parse_args(["--out", str(tmp_path / "b.json"), "--eps", "-0.5", "--smoke"])
+    assert args.config.augmentation.smoothing == -0.5
 
 
 def test_an_out_path_that_cannot_be_written_is_refused_before_timing(tmp_path, capsys):

@@ -25,7 +25,7 @@ SCRIPTS = {
     "lsmix-analyse": "analysis.__main__:main",
     "lsmix-bench": "src.tools.bench:cli",
     "lsmix-eval": "src.eval:main",
-    "lsmix-sync": "src.wandb_sync:main",
+    "lsmix-sync": "src.tools.wandb_sync:main",
 }
 
 

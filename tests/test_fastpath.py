@@ -17,7 +17,8 @@ from src.data.tensors import Split, TrainData
 from src.training import model_cache
 from src.training.device import Execution
 from src.training.optim import build_optimizer
-from src.training.trainer import SingleTrainer
+from src.training.trainer import Batch, SingleTrainer
+from tests.conftest import CountingBackend
 
 CPU = Execution(torch.device("cpu"), None, channels_last=False)
 CNN = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
@@ -55,7 +56,7 @@ def test_trainer_step_equals_a_hand_written_plain_step():
     tr = SingleTrainer(model, data, TRAINER, {"mixup_alpha": 1.0, "smoothing": 0.1}, CPU, seed=0)
     x = tr.normalise(data.train.x[:16])
     y, y2, lam = data.train.y[:16], data.train.y[16:32], torch.tensor(0.3)
-    loss, _ = tr.step(x, y, y2, lam)
+    loss, _ = tr.step(Batch(x, y, y2, lam))
     # The textbook form: lam * CE_eps(y) + (1 - lam) * CE_eps(y2), plain SGD.
     opt = torch.optim.SGD([{"params": [p for p in plain.parameters() if p.ndim > 1],
                             "weight_decay": 5e-4},
@@ -101,17 +102,6 @@ def test_fused_optimizer_with_tensor_lr_follows_the_float_lr_path(optimizer):
     assert torch.is_tensor(runs[1][1]) and runs[1][1].dtype == torch.float64
     assert float(runs[1][1]) == runs[0][1]  # the same schedule values, exactly
     assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
-
-
-class CountingBackend:
-    """A torch.compile backend that counts graph compilations and runs them eagerly."""
-
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> object:
-        self.graphs += 1
-        return gm.forward
 
 
 @pytest.fixture

@@ -138,6 +138,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_failing_job_does_not_stop_the_multirun(tmp_path, monkeypatch):
     from src import train as entry
+    from src.run import preflight
     from src.training.trainer import Trainer
 
     original = Trainer.train_epoch
@@ -151,7 +152,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["src.train", "-m", *TINY, "trainer.epochs=1",
                                       "trainer.lr=0.07,0.05", "hydra/job_logging=disabled"])
-    monkeypatch.setattr(entry, "_FAILED_JOBS", [])
+    monkeypatch.setattr(preflight, "FAILED_JOBS", [])
     with pytest.raises(SystemExit) as info:
         entry.cli()
     assert info.value.code == 1
@@ -175,7 +176,7 @@ def test_disk_full_leaves_previous_results_intact(tmp_path, monkeypatch):
 
 
 def test_wandb_unreachable_run_completes_offline(tmp_path, monkeypatch):
-    from src import loggers
+    from src.run import loggers
     from src.train import train
 
     monkeypatch.setattr(loggers, "_SERVER_DOWN", False)

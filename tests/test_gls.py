@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.data.tensors import Split, TrainData
-from src.mixing import (
+from src.augmentation import (
     mixed_target,
     mixup_smoothing_loss,
     smooth,
     soft_cross_entropy,
     uniform_mass,
 )
+from src.data.tensors import Split, TrainData
 from src.run.identity import run_identity
 from src.training import model_cache
 from src.training.device import Execution

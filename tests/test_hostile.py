@@ -207,9 +207,10 @@ def test_a_refused_rerun_does_not_rewrite_hydras_record(tmp_path):
 def signals(monkeypatch, tmp_path):
     """Run the entry point in this process; restore the signal handlers afterwards."""
     from src import train as entry
+    from src.run import preflight
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(entry, "_FAILED_JOBS", [])
+    monkeypatch.setattr(preflight, "FAILED_JOBS", [])
     yield entry
     SIGNALS.restore()
 
@@ -292,7 +293,7 @@ def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_runs(tmp_path
 
 
 def test_sweep_validation_composes_once_per_distinct_value():
-    from src.sweep_validation import validate_distinct_overrides
+    from src.sweep.validation import validate_distinct_overrides
 
     class Loader:
         calls: list[list[str]] = []

@@ -12,13 +12,12 @@ from tests.conftest import ROOT
 # Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, ...]] = [
     ("src.errors", "src.files", "src.config.options", "src.config"),
-    ("src.data.arrays", "src.noise", "src.models", "src.augment", "src.mixing", "src.progress",
-     "src.loggers"),
-    ("src.data.tensors", "src.data", "src.config.validate"),
+    ("src.data.arrays", "src.noise", "src.models", "src.data.crop_flip", "src.augmentation",
+     "src.run.progress", "src.run.loggers"),
+    ("src.data.tensors", "src.data", "src.config.validate", "src.config.entry"),
     ("src.training",),
     ("src.run",),
-    ("src.train", "src.tools", "src.sweep_progress", "src.wandb_sync", "src.eval",
-     "src.sweep_validation"),
+    ("src.train", "src.tools", "src.sweep", "src.eval"),
     ("analysis",),
 ]
 

@@ -1,4 +1,4 @@
-"""W&B logging (src.loggers) read back from the offline run's own file, and src.wandb_sync."""
+"""W&B logging (src.run.loggers) read from the offline run's own file; src.tools.wandb_sync."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from src import loggers, wandb_sync
-from src.loggers import make_logger, metric_key, run_name, summary_metrics
+from src.run import loggers
+from src.run.loggers import make_logger, metric_key, run_name, summary_metrics
+from src.tools import wandb_sync
 
 IDENTITY = {"experiment": "quickstart", "group": "augmentation.mixup_alpha=0.4,noise.rate=0.4",
             "dataset": "digits", "model": "cnn", "augmentation": "mixup_smoothing",
@@ -165,12 +166,12 @@ def test_unreachable_server_goes_offline_and_says_how_to_upload(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(
         init=init, Settings=lambda **kw: kw))
     monkeypatch.setattr(loggers, "_SERVER_DOWN", False)
-    caplog.set_level(logging.INFO, logger="src.loggers")
+    caplog.set_level(logging.INFO, logger="src.run.loggers")
     cfg = {"name": "wandb", "mode": "online", "project": "p"}
     make_logger(cfg, {}, IDENTITY, str(tmp_path / "a"))
     assert [c["mode"] for c in calls] == ["online", "offline"]
     assert all(c["settings"]["silent"] for c in calls)
-    assert "python -m src.wandb_sync" in caplog.text
+    assert "python -m src.tools.wandb_sync" in caplog.text
     make_logger(cfg, {}, IDENTITY, str(tmp_path / "b"))  # the next job does not wait again
     assert [c["mode"] for c in calls] == ["online", "offline", "offline"]
 
@@ -187,7 +188,7 @@ def test_failed_run_finishes_with_an_error_exit_code(tmp_path, monkeypatch):
     assert run.exit_code == 1
 
 
-# --- uploading: src.wandb_sync ---------------------------------------------------------------
+# --- uploading: src.tools.wandb_sync -----------------------------------------------------------
 
 def _offline_run(parent: Path, name: str, synced: bool = False) -> Path:
     run = parent / "wandb" / name

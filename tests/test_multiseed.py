@@ -15,8 +15,9 @@ import torch
 
 from src.errors import ConfigError
 from src.files import read_json
+from src.run.preflight import member_configs
 from src.run.records import read_metrics
-from src.train import member_configs, train
+from src.train import train
 from src.training import model_cache
 from src.training.device import Execution
 from src.training.evaluate import classification_metrics

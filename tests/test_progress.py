@@ -1,4 +1,4 @@
-"""Run progress (src.progress) and sweep progress (src.sweep_progress): the lines they write."""
+"""Run progress (src.run.progress) and sweep progress (src.sweep.progress): the lines they write."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.callback import SweepEnd
-from src.progress import Progress, format_duration
-from src.sweep_progress import SweepProgress, count_jobs, sweep_line
+from src.run.progress import Progress, format_duration
+from src.sweep.progress import SweepProgress, count_jobs, sweep_line
 from tests.conftest import module_env
 
 
@@ -37,7 +37,7 @@ def _row(epoch: int, val: bool = True) -> dict:
 
 
 def _lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "src.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "src.run.progress"]
 
 
 def _train(progress: Progress, clock: FakeClock, epochs: range, seconds: float = 10.0,
@@ -52,7 +52,7 @@ def _train(progress: Progress, clock: FakeClock, epochs: range, seconds: float =
 
 
 def test_one_line_per_epoch_with_job_id_and_eta_without_a_terminal(caplog, capsys):
-    caplog.set_level(logging.INFO, logger="src.progress")
+    caplog.set_level(logging.INFO, logger="src.run.progress")
     clock = FakeClock()
     progress = Progress("auto", epochs=3, steps_per_epoch=5, desc="quickstart/mixup/s1",
                         job="7", clock=clock)
@@ -70,7 +70,7 @@ def test_one_line_per_epoch_with_job_id_and_eta_without_a_terminal(caplog, capsy
 
 
 def test_line_without_job_or_validation(caplog):
-    caplog.set_level(logging.INFO, logger="src.progress")
+    caplog.set_level(logging.INFO, logger="src.run.progress")
     progress = Progress(False, epochs=2, steps_per_epoch=3, clock=FakeClock())
     progress.start_epoch(1)
     progress.end_epoch(_row(1, val=False))
@@ -79,7 +79,7 @@ def test_line_without_job_or_validation(caplog):
 
 
 def test_resumed_run_eta_counts_the_epochs_of_this_process(caplog):
-    caplog.set_level(logging.INFO, logger="src.progress")
+    caplog.set_level(logging.INFO, logger="src.run.progress")
     clock = FakeClock()
     progress = Progress(False, epochs=10, steps_per_epoch=5, clock=clock)
     _train(progress, clock, range(7, 9), seconds=4.0)  # resumed after epoch 6
@@ -89,7 +89,7 @@ def test_resumed_run_eta_counts_the_epochs_of_this_process(caplog):
 
 
 def test_bar_on_a_terminal_is_cleared_before_the_epoch_line(caplog, capsys, monkeypatch):
-    caplog.set_level(logging.INFO, logger="src.progress")
+    caplog.set_level(logging.INFO, logger="src.run.progress")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     clock = FakeClock()
     progress = Progress("auto", epochs=2, steps_per_epoch=4, desc="run", batch_size=64,
@@ -132,7 +132,7 @@ def test_sweep_line():
 
 
 def test_sweep_progress_logs_each_job_of_a_multirun_only(caplog):
-    caplog.set_level(logging.INFO, logger="src.sweep_progress")
+    caplog.set_level(logging.INFO, logger="src.sweep.progress")
     clock = FakeClock()
     callback = SweepProgress(clock=clock)
     job = _hydra_cfg({"a": "1,2,3"}, [])
@@ -152,7 +152,7 @@ def test_sweep_progress_logs_each_job_of_a_multirun_only(caplog):
 
 APP = """
 import hydra
-from src.progress import Progress
+from src.run.progress import Progress
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
 def main(cfg):
@@ -174,7 +174,7 @@ def test_hydra_job_logs_get_one_line_per_epoch_and_the_sweep_line(tmp_path: Path
     out = subprocess.run(
         [sys.executable, "app.py", "-m", "+x=1,2", "hydra.sweep.dir=sweep",
          "hydra.sweep.subdir=${hydra.job.num}",
-         "+hydra.callbacks.progress._target_=src.sweep_progress.SweepProgress",
+         "+hydra.callbacks.progress._target_=src.sweep.progress.SweepProgress",
          "+hydra.callbacks.sweep_end._target_=analysis.callback.SweepEnd"],
         cwd=tmp_path, env=module_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -185,7 +185,7 @@ def test_resumed_job_logs_into_its_own_wandb_run(tmp_path, monkeypatch):
     starts over gets a new run."""
     import types
 
-    from src.loggers import WANDB_ID, make_logger
+    from src.run.loggers import WANDB_ID, make_logger
 
     inits: list[dict] = []
     fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or _FakeRun(),

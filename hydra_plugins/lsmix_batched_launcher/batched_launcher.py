@@ -81,13 +81,14 @@ class BatchedLauncher(Launcher):
         """Refuse a bad launcher setting or another app here: the sweeper sets its launcher
         up before it writes the sweep folder, so a refused sweep leaves nothing."""
         _app_module(task_function)
-        max_members = self.max_members
-        if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
-            from src.config.entry import refuse
-            from src.errors import ConfigError
+        from src.config.entry import refuse
+        from src.errors import ConfigError
+        from src.run.batches import check_max_members
 
-            refuse(ConfigError("hydra.launcher.max_members", max_members, "an integer >= 1 "
-                               "(the most runs trained together as one batched model)"))
+        try:
+            check_max_members(self.max_members)
+        except ConfigError as err:
+            refuse(err)
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function

@@ -11,7 +11,13 @@ batchable keys only (src.run.batches checks it, the batched launcher groups a sw
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
+from typing import Any
+
 from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # How a run executes or reports, not what it computes.
 EXECUTION_KEYS: tuple[str, ...] = (
@@ -23,8 +29,15 @@ EXECUTION_KEYS: tuple[str, ...] = (
 # Where an input lives is not what it is: these are replaced by the content hash of the
 # file they name (src.run.identity), so a moved archive is the same run and a changed one not.
 LOCATION_KEYS: tuple[str, ...] = ("dataset.root", "dataset.npz", "dataset.download", "noise.file")
-# Replicates of one setting: each run has its own, the sweep folder shows it as `seed=N`.
-REPLICATE_KEYS: tuple[str, ...] = ("trainer.seed",)
+# Replicates of one setting, each with the results.json field it is recorded as: the training
+# seed and the seed of the label-noise draw. Neither is a setting (not in a run's `config`
+# record); the analysis pools a cell's runs over both (each noise draw is a sample of the
+# same noise model, as each initialisation is of the same training).
+REPLICATES: dict[str, str] = {"trainer.seed": "seed", "noise.seed": "noise_seed"}
+REPLICATE_KEYS: tuple[str, ...] = tuple(REPLICATES)
+# The replicate a sweep folder shows as its last part, `seed=N` (conf/hydra/default.yaml);
+# the noise seed stays in the folder's name, so each draw has a folder of its own.
+SEED_FOLDER_KEY = "trainer.seed"
 # Keys of the launch, the logger and the output folders: never part of what a run is.
 LAUNCH_KEYS: tuple[str, ...] = (
     "experiment", "skip_completed", "logger", "logger.mode", "logger.project", "logger.entity",
@@ -44,8 +57,21 @@ BATCHABLE_KEYS: tuple[str, ...] = (
 
 def sweep_dirname_excludes() -> list[str]:
     """The keys a sweep folder's name leaves out (Hydra's override_dirname.exclude_keys)."""
-    return [*REPLICATE_KEYS, *EXECUTION_KEYS, *LOCATION_KEYS, *LAUNCH_KEYS]
+    return [SEED_FOLDER_KEY, *EXECUTION_KEYS, *LOCATION_KEYS, *LAUNCH_KEYS]
 
 
 if not OmegaConf.has_resolver("sweep_dirname_excludes"):
     OmegaConf.register_new_resolver("sweep_dirname_excludes", sweep_dirname_excludes)
+
+
+@cache
+def _group_defaults(group: str, option: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+
+
+def with_defaults(group: str, option: str, values: Any) -> dict[str, Any]:
+    """`values` (a section of a composed config, or a partial mapping as a bench or a test
+    builds one) over the values of conf/<group>/<option>.yaml: the config files are the one
+    place the defaults are written, so code reads a key as `section[key]`, never with a
+    default of its own."""
+    return {**_group_defaults(group, option), **dict(values)}

@@ -104,7 +104,7 @@ def compose_command_line(config_dir: str, config_name: str,
 
 def first_job(overrides: list[str]) -> list[str] | None:
     """The overrides of a sweep's first job (each swept key at its first value); a sweep's
-    other values are checked as the sweep starts (src.sweep_validation). None where Hydra
+    other values are checked as the sweep starts (src.sweep.validation). None where Hydra
     reports the overrides itself (a parse error, a glob of options)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -177,3 +177,41 @@ def unwritable(folder: str | Path) -> str | None:
             except OSError:
                 break
     return None
+
+
+def check_command_line(conf_dir: str, argv: list[str]) -> None:
+    """Refuse, before Hydra composes the run (or sweep) and creates its folder, what would fail
+    there or leave a stray folder: a misspelt key or a missing option, a config file that is
+    not YAML (conf/local/default.yaml), a task_name that is a path, a folder that cannot be
+    written. A sweep's other values are checked as it starts (src.sweep.validation); command
+    line flags other than -m are Hydra's."""
+    try:
+        composed = compose_command_line(conf_dir, "config", argv)
+        if composed is not None:
+            check_folders(*composed)
+    except REFUSED as err:
+        refuse(err)
+
+
+def check_folders(cfg: Any, multirun: bool) -> None:
+    """The folders the command writes can be created and written: the run's (or the
+    sweep's), named by paths.output_dir where it lies under it, and W&B's logger.dir."""
+    from omegaconf import OmegaConf
+
+    from src.config.validate import NAME
+
+    NAME("task_name", cfg.task_name)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(str(OmegaConf.select(cfg, key)))
+    output = Path(str(cfg.paths.output_dir))
+    if output.resolve() in (folder.resolve(), *folder.resolve().parents):
+        key = "paths.output_dir"
+    folders = {key: folder}
+    if cfg.logger.get("name") == "wandb" and cfg.logger.get("dir"):
+        folders["logger.dir"] = Path(str(cfg.logger.dir))
+    for key, folder in folders.items():
+        problem = unwritable(folder)
+        if problem:
+            raise ConfigError(key, str(OmegaConf.select(cfg, key)),
+                              "a folder this process can create and write files in",
+                              hint=problem)

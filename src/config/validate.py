@@ -113,7 +113,7 @@ def _box_fractions(v: Any) -> bool:
 
 
 # The augmentation schema: Mixup, CutMix and their settings as timm's Mixup has them
-# (src.mixing), and label smoothing with any eps < 1 (Wei et al. 2022: negative eps included).
+# (src.augmentation), and label smoothing with any eps < 1 (Wei et al. 2022: negative eps included).
 AUGMENTATION = {
     "name": choice("none", "mixup", "smoothing", "mixup_smoothing", "cutmix", "mixup_cutmix",
                    "manifold_mixup"),

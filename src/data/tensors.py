@@ -1,7 +1,7 @@
 """What a run trains and evaluates on, as tensors on its device.
 
 The whole dataset lives on the training device as uint8 (airbench's design): a batch is an
-index gather, and crops, flips and normalisation run over whole batches (src.augment,
+index gather, and crops, flips and normalisation run over whole batches (src.data.crop_flip,
 src.training.trainer). `prepare_data` loads the arrays, injects the label noise, holds out the
 noisy validation split and moves everything to the device once per process (a sweep's runs
 share the cached images).

@@ -1,6 +1,6 @@
 """Which runs may train together as one batched model, and how a sweep is cut into batches.
 
-A batch is K member configs that differ only in src.config.BATCHABLE_KEYS (and in the folder
+A batch is M member configs that differ only in src.config.BATCHABLE_KEYS (and in the folder
 each one writes, `paths.run_dir`): the seed, Mixup's alpha, the smoothing eps and when it
 starts, and the augmentation's name. `check_batch` refuses any other difference before anything
 is written; `batch_key` is what the members of a batch share, so that a launcher groups a
@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import BATCHABLE_KEYS
 from src.errors import ConfigError
+from src.run.identity import flatten
 
 # Each member writes its own folder; where it lies is not what it computes.
 MEMBER_OWN_KEYS: tuple[str, ...] = (*BATCHABLE_KEYS, "paths.run_dir")
@@ -25,18 +26,8 @@ MEMBER_OWN_KEYS: tuple[str, ...] = (*BATCHABLE_KEYS, "paths.run_dir")
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
     """Every key of a composed config (resolved, Hydra's own node left out) as dotted keys."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = value
-
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    walk("", {k: v for k, v in plain.items() if k != "hydra"})
-    return out
+    return flatten({k: v for k, v in plain.items() if k != "hydra"})
 
 
 def batch_key(cfg: DictConfig) -> str:
@@ -90,14 +81,20 @@ def describe_batch(cfgs: Sequence[DictConfig], batch_id: str) -> str:
     return f"{len(cfgs)} runs{what} (batch {batch_id})"
 
 
+def check_max_members(max_members: Any) -> None:
+    """The launcher's `max_members`: an integer >= 1."""
+    if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
+        raise ConfigError("hydra.launcher.max_members", max_members, "an integer >= 1 "
+                          "(the most runs trained together as one batched model)")
+
+
 def plan_batches(keys: Sequence[str | None], sizes: Sequence[int], max_members: int,
                  batchable: Sequence[bool]) -> list[list[int]]:
     """Job indices cut into batches: jobs of one key together (in their order), each batch at
     most `max_members` runs (a job of `sizes[i]` runs is never split; one larger than
     `max_members` is a batch of its own). A job without a key, or not `batchable` (a model
     without a vmap rule), is a batch of its own. Batches are in the order of their first job."""
-    if max_members < 1:
-        raise ConfigError("hydra.launcher.max_members", max_members, "an integer >= 1")
+    check_max_members(max_members)
     groups: dict[str, list[int]] = {}
     order: list[list[int] | str] = []
     for i, key in enumerate(keys):

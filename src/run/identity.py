@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import EXECUTION_KEYS, LOCATION_KEYS
+from src.config import EXECUTION_KEYS, LOCATION_KEYS, REPLICATE_KEYS
 
 SECTIONS = ("dataset", "model", "augmentation", "noise", "trainer")
 
@@ -38,7 +38,7 @@ def fingerprint(cfg: DictConfig, inputs: dict[str, dict[str, Any]] | None = None
 def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
     """The keys that say which run this is (written into results.json and W&B)."""
     # Here, not at the top: the entry point computes fingerprints before torch is imported.
-    from src.mixing import MixSettings, method_name, uniform_mass
+    from src.augmentation import MixSettings, method_name, uniform_mass
 
     aug, noise = cfg.augmentation, cfg.noise
     eps, smoothing_to = float(aug.smoothing), str(aug.smoothing_to)
@@ -70,23 +70,25 @@ def run_identity(cfg: DictConfig, group: str = "") -> dict[str, Any]:
 
 # ------------------------------------------------------------------ settings and inputs
 
-REPLICATES = ("trainer.seed", "noise.seed")  # recorded as `seed` and `noise_seed`
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys; an empty mapping is a value of its own (`{}`)."""
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def flat_settings(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that changes a run's numbers, as dotted keys (results.json `config`):
-    the five sections without execution, location and replicate keys."""
+    the five sections without execution, location and replicate keys (nor empty mappings,
+    which set nothing)."""
+    left_out = EXECUTION_KEYS + LOCATION_KEYS + REPLICATE_KEYS
     out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}", v)
-        elif prefix not in EXECUTION_KEYS + LOCATION_KEYS + REPLICATES:
-            out[prefix] = value
-
     for section in SECTIONS:
-        walk(section, OmegaConf.to_container(cfg[section], resolve=True))
+        flat = flatten(OmegaConf.to_container(cfg[section], resolve=True), section)
+        out.update({k: v for k, v in flat.items() if k not in left_out and v != {}})
     return out
 
 

@@ -1,7 +1,7 @@
-"""One job's life, for K >= 1 members: folders, data, trainer, epochs, records, loggers.
+"""One job's life, for M >= 1 members: folders, data, trainer, epochs, records, loggers.
 
 A member is one run: one configuration and seed, one run folder, one results.json. A plain job
-has one member; `trainer.parallel_seeds` gives a job K members that train together as one
+has one member; `trainer.parallel_seeds` gives a job M members that train together as one
 batched model (src.training.trainer.StackedTrainer), and the batched launcher
 (hydra_plugins/lsmix_batched_launcher) hands it the runs of a sweep that differ only in the
 batchable keys (src.config.BATCHABLE_KEYS, checked by src.run.batches). Each member keeps its
@@ -29,12 +29,12 @@ from src.config.validate import cannot_stack
 from src.data.tensors import TrainData, first_samples, prepare_data
 from src.errors import ConfigError
 from src.files import write_json_atomic
-from src.loggers import NullLogger, make_logger, run_name
 from src.noise import noise_metrics
-from src.progress import Progress
 from src.run.batches import check_batch, describe_batch, differing_keys
 from src.run.identity import fingerprint, flat_settings, input_records, run_identity
 from src.run.lock import run_folder_lock
+from src.run.loggers import NullLogger, make_logger, run_name
+from src.run.progress import Progress
 from src.run.records import METRICS, RESULTS, now_iso, summarise, write_metrics
 from src.run.signals import SIGNALS
 from src.training.checkpoint import (
@@ -85,7 +85,8 @@ class JobState:
         return cls(0, [[] for _ in range(k)], [0.0] * k, [0] * k, 0.0, [True] * k)
 
 
-def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution, started: str,
+def results_header(cfg: DictConfig, group: str, noisy: Any, execution: Execution,
+                   started: str,
                    threads: int) -> dict[str, Any]:
     """The results object of a run about to train: who it is, what noise it got, where."""
     inputs = input_records(cfg)  # hashed once: the fingerprint covers the same records
@@ -93,7 +94,8 @@ def results_header(cfg: DictConfig, group: str, noisy: Any, ex: Execution, start
             "noise_rate_realized": noisy.realized_rate,
             # Human noise has no requested rate: the file's rate is the rate.
             **({"noise_rate": noisy.realized_rate} if cfg.noise.name == "human" else {}),
-            "device": str(ex.device), "amp": ex.amp, "threads": threads, "started_at": started,
+            "device": str(execution.device), "amp": execution.amp, "threads": threads,
+            "started_at": started,
             "config_fingerprint": fingerprint(cfg, inputs), "inputs": inputs,
             "config": flat_settings(cfg)}
 
@@ -107,12 +109,13 @@ def save_hydra_record(cfg: DictConfig, run_dir: Path, hydra: DictConfig | None =
 
     if hydra is None and not HydraConfig.initialized():
         return
-    hc = hydra if hydra is not None else HydraConfig.get()
+    hydra_cfg = hydra if hydra is not None else HydraConfig.get()
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
-    OmegaConf.save(hc.overrides.task, out / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}),
+                   out / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, out / "overrides.yaml")
 
 
 def job_fingerprint(members: list[Member]) -> str:
@@ -124,18 +127,18 @@ def job_fingerprint(members: list[Member]) -> str:
     return hashlib.sha256(",".join(prints).encode()).hexdigest()[:16]
 
 
-def build_trainer(cfgs: list[DictConfig], data: TrainData, ex: Execution) -> Trainer:
+def build_trainer(cfgs: list[DictConfig], data: TrainData, execution: Execution) -> Trainer:
     """One model, or the members as one batched model (each with its seed, alpha and eps)."""
     cfg, seeds = cfgs[0], [int(c.trainer.seed) for c in cfgs]
     in_shape = tuple(int(v) for v in cfg.dataset.image_shape)
     if len(seeds) == 1:
         # Seeded, built and laid out as a fresh build; a compiled run reuses this process's
         # model of the same architecture, re-initialised (src.training.model_cache).
-        model = get_model(cfg.model, in_shape, data.num_classes, ex, seeds[0],
+        model = get_model(cfg.model, in_shape, data.num_classes, execution, seeds[0],
                           reuse=bool(cfg.trainer.compile))
-        return SingleTrainer(model, data, cfg.trainer, cfg.augmentation, ex, seeds[0])
+        return SingleTrainer(model, data, cfg.trainer, cfg.augmentation, execution, seeds[0])
     return StackedTrainer(cfg.model, in_shape, data, cfg.trainer,
-                          [c.augmentation for c in cfgs], ex, seeds)
+                          [c.augmentation for c in cfgs], execution, seeds)
 
 
 def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | None = None,
@@ -150,39 +153,39 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
     members = [Member(c, Path(c.paths.run_dir), {}) for c in cfgs]
     dirs = [m.run_dir for m in members]
     with run_folder_lock(dirs):
-        for m, hc in zip(members, records):
-            save_hydra_record(m.cfg, m.run_dir, hc)
+        for m, hydra_cfg in zip(members, records):
+            save_hydra_record(m.cfg, m.run_dir, hydra_cfg)
         started = now_iso()
         # Bad devices, missing files and noise that does not fit the data raise ConfigError
         # here, before a results.json exists that analysis could take for a run.
-        ex = resolve_execution(cfgs[0].trainer, spread)
-        if len(cfgs) > 1 and ex.amp == "fp16":  # trainer.amp=auto on a GPU without bf16
+        execution = resolve_execution(cfgs[0].trainer, spread)
+        if len(cfgs) > 1 and execution.amp == "fp16":  # trainer.amp=auto on a GPU without bf16
             why = cannot_stack(cfgs[0].model, "fp16")
             raise ConfigError("trainer.amp", str(cfgs[0].trainer.amp), "a precision that "
                               f"runs trained together can share ({why})",
                               hint="set trainer.amp=off, or train these runs one at a time")
         jobs = launcher_jobs()
-        threads = apply_threads(cfgs[0].trainer.threads, jobs) if ex.device.type == "cpu" \
+        threads = apply_threads(cfgs[0].trainer.threads, jobs) if execution.device.type == "cpu" \
             else torch.get_num_threads()
-        data, noisy = prepare_data(cfgs[0], ex.device, ex.channels_last, dirs)
+        data, noisy = prepare_data(cfgs[0], execution.device, execution.channels_last, dirs)
         overfit = int(cfgs[0].trainer.overfit_batches)
         if overfit > 0:  # debug=overfit: the same few batches every epoch
             data = first_samples(data, overfit * int(cfgs[0].trainer.batch_size))
         for m, g in zip(members, groups):
-            m.record = results_header(m.cfg, g, noisy, ex, started, threads)
+            m.record = results_header(m.cfg, g, noisy, execution, started, threads)
             # The exact config of these results, beside them (Hydra's .hydra/ is rewritten
             # on reruns).
             OmegaConf.save(m.cfg, m.run_dir / "config.yaml", resolve=True)
         state = JobState.fresh(len(members))
         try:
-            trainer = build_trainer(cfgs, data, ex)
+            trainer = build_trainer(cfgs, data, execution)
             key = job_fingerprint(members)
             state = _resume(cfgs, trainer, dirs[0], state, key)
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
                 members[0].logger = _open_logger(members[0], groups[0], resumed)
             _fit(cfgs, members, trainer, data, state, key,
-                 jobs if ex.device.type == "cpu" else None,
+                 jobs if execution.device.type == "cpu" else None,
                  job=None if spread is None else str(spread), group=groups[0])
             if all(m.record["status"] != "running" for m in members) and \
                     not cfgs[0].trainer.keep_checkpoint:
@@ -265,24 +268,26 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
          group: str = "") -> None:
     """The epoch loop: train, evaluate when due, record, checkpoint; a member whose loss is
     not finite ends `diverged` (the others go on); a signal checkpoints, then stops the job."""
-    tcfg = cfgs[0].trainer
-    epochs, every, ckpt_every = int(tcfg.epochs), int(tcfg.eval_every), int(tcfg.checkpoint_every)
+    trainer_cfg = cfgs[0].trainer
+    epochs, every = int(trainer_cfg.epochs), int(trainer_cfg.eval_every)
+    ckpt_every = int(trainer_cfg.checkpoint_every)
     # Periodic checkpoints at most this often: a run of sub-second epochs would otherwise spend
     # more time writing checkpoints than training. A signal still checkpoints at once.
-    interval, last_saved = float(tcfg.checkpoint_interval_s), time.perf_counter()
+    interval, last_saved = float(trainer_cfg.checkpoint_interval_s), time.perf_counter()
     desc = run_name(run_identity(cfgs[0], group))
     if len(members) > 1:
         desc += f" (+{len(members) - 1} {'seeds' if seeds_only(cfgs) else 'runs'})"
-    with Progress(tcfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
+    with Progress(trainer_cfg.get("progress", "auto"), epochs, trainer.steps_per_epoch, desc=desc,
                   job=job, batch_size=trainer.batch_size * len(members)) as progress, \
             SIGNALS.deferred(), \
-            step_profiler(bool(tcfg.profile), members[0].run_dir, trainer.device) as profiler:
+            step_profiler(bool(trainer_cfg.profile), members[0].run_dir,
+                          trainer.device) as profiler:
         on_step = progress.step if profiler is None else \
             (lambda: (progress.step(), profiler.step()))
         for epoch in range(state.epoch + 1, epochs + 1):
             t0 = time.perf_counter()
             if trainer.device.type == "cpu":
-                apply_threads(tcfg.threads, cpu_jobs)  # jobs started or ended meanwhile
+                apply_threads(trainer_cfg.threads, cpu_jobs)  # jobs started or ended meanwhile
             progress.start_epoch(epoch)
             stats = trainer.train_epoch(SIGNALS, on_step=on_step)
             if stats[0].interrupted:  # its seconds so far stay in the paused epoch's state
@@ -295,7 +300,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
             last = epoch == epochs
             due = (ckpt_every and epoch % ckpt_every == 0 and not last
                    and time.perf_counter() - last_saved >= interval)
-            if due or (last and tcfg.keep_checkpoint):
+            if due or (last and trainer_cfg.keep_checkpoint):
                 _checkpoint(cfgs, trainer, state, key)
                 last_saved = time.perf_counter()
             if SIGNALS() and not due:  # a signal during evaluation: save this epoch first
@@ -316,7 +321,7 @@ def _fit(cfgs: list[DictConfig], members: list[Member], trainer: Trainer, data: 
                 m.record["trained_with_seeds"] = ",".join(str(s) for s in trainer.seeds)
             m.record["trained_with"] = trained_with
         m.record["images_per_s"] = state.images[k] / max(state.train_s[k], 1e-9)
-        if tcfg.save_weights and m.record["status"] == "completed":
+        if trainer_cfg.save_weights and m.record["status"] == "completed":
             save_weights(m.run_dir / LAST_WEIGHTS, member_weights(trainer, k))
 
 

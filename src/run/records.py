@@ -137,8 +137,8 @@ def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
     with_val = [r for r in history if r.get("val_acc") is not None]
     if with_val:
-        bv = max(with_val, key=lambda r: r["val_acc"])
-        out["best_val_acc"], out["test_acc_at_best_val"] = bv["val_acc"], bv["test_acc"]
+        value = max(with_val, key=lambda r: r["val_acc"])
+        out["best_val_acc"], out["test_acc_at_best_val"] = value["val_acc"], value["test_acc"]
     return out
 
 

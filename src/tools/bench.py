@@ -73,7 +73,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.entry import unwritable as unwritable_folder
-from src.config.options import AMP_CHOICES, COMPILE_MODES
 from src.data.tensors import Split, TrainData, normalisation
 from src.errors import ConfigError
 from src.models import build_model
@@ -145,9 +144,10 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
     (Hydra's compose API, the command line's values as overrides) and validated as a run is.
     Synthetic data (--shape) replaces the dataset's shape, classes and statistics."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, MissingConfigException
 
     import src.config  # noqa: F401  (the resolver the Hydra config uses)
+    from src.config.entry import missing_option
     from src.config.validate import validate
     from src.train import CONF_DIR
 
@@ -171,6 +171,8 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("config", overrides=over)
+    except MissingConfigException as err:  # --dataset or --model that conf/ does not have
+        raise missing_option(err) from None
     except HydraException as err:  # a model argument the model has no key for, say
         raise ConfigError("--model-arg", args.model_arg, f"keys of model {args.model} "
                           "(conf/model) with values of their type",
@@ -253,13 +255,13 @@ def time_bare(trainer: Trainer, args: argparse.Namespace) -> Measure:
     floor of a step, without gathering, augmentation and mixing inside the loop."""
     steps = min(args.steps, trainer.steps_per_epoch)
     trainer.begin_epoch()
-    batches = [tuple(t.detach() for t in trainer.batch(i)) for i in range(steps)]
+    batches = [trainer.batch(i).detached() for i in range(steps)]
     trainer.epoch_state = None
 
     def run() -> None:
         trainer.train_mode()
         for batch in batches:
-            trainer.step(*batch)
+            trainer.step(batch)
 
     return measure("bare_step", run, trainer.batch_size, trainer.device, args.warmup,
                    args.repeats, units=steps)
@@ -290,20 +292,21 @@ def time_reference(args: argparse.Namespace, ds: dict[str, Any], x: np.ndarray, 
 
 
 def time_multiseed(args: argparse.Namespace, ds: dict[str, Any], data: TrainData,
-                   model_cfg: dict[str, Any], tcfg: dict[str, Any],
-                   ex: Execution) -> Measure:
+                   model_cfg: dict[str, Any], trainer_cfg: dict[str, Any],
+                   execution: Execution) -> Measure:
     """K seeds as one batched model (src.training.trainer.StackedTrainer), one epoch of all K
     per repeat."""
     seeds = list(range(args.parallel_seeds))
-    mt = StackedTrainer(model_cfg, tuple(ds["image_shape"]), data, tcfg,
-                        {"mixup_alpha": args.alpha, "smoothing": args.eps}, ex, seeds)
+    mt = StackedTrainer(model_cfg, tuple(ds["image_shape"]), data, trainer_cfg,
+                        {"mixup_alpha": args.alpha, "smoothing": args.eps}, execution, seeds)
     images = len(seeds) * mt.batch_size * mt.steps_per_epoch
 
     def run_epoch() -> None:
         mt.epoch_state = None
         mt.train_epoch()
 
-    return measure("multiseed_epoch", run_epoch, images, ex.device, args.warmup, args.repeats)
+    return measure("multiseed_epoch", run_epoch, images, execution.device, args.warmup,
+                   args.repeats)
 
 
 # ---------------------------------------------------------------- report
@@ -407,38 +410,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.ref_workers = list(range((os.cpu_count() or 1) + 1))
     try:
         args.config = compose_config(args)
-    except ConfigError as err:  # the suite's own validation, with its own words
-        p.error(f"{err}")
+    except ConfigError as err:  # the suite's own validation, named by the bench's option
+        option = OPTION_OF_KEY.get(err.key)
+        p.error(f"{option}={err.value!r}: expected {err.allowed} ({err.key} of a run)"
+                if option else f"{err}")
     return args
+
+
+# The bench's options that set a run's config key (compose_config), to name them in errors.
+OPTION_OF_KEY = {"dataset": "--dataset", "model": "--model", "trainer.compile": "--compile",
+                 "trainer.amp": "--amp", "trainer.batch_size": "--batch-size",
+                 "trainer.device": "--device", "augmentation.mixup_alpha": "--alpha",
+                 "augmentation.smoothing": "--eps", "dataset.npz": "--npz"}
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad values stop here, with the option, the value and what is allowed, before any data
     is loaded or anything timed."""
 
-    def names(group: str) -> list[str]:
-        return sorted(f.stem for f in (CONF / group).glob("*.yaml"))
-
     def bad(option: str, value: Any, allowed: str) -> None:
         p.error(f"{option}={value!r}: expected {allowed}")
 
-    if args.dataset not in names("dataset"):
-        bad("--dataset", args.dataset, f"one of {names('dataset')}")
-    if args.model not in names("model"):
-        bad("--model", args.model, f"one of {names('model')}")
-    if args.compile not in (True, False, *COMPILE_MODES):
-        bad("--compile", args.compile, f"no value or one of {list(COMPILE_MODES)}")
-    try:
+    try:  # what a run's config would hold is checked by the suite's validation (below)
         resolve_device(args.device)
     except ConfigError as err:
         bad("--device", args.device, err.allowed)
-    if args.amp not in AMP_CHOICES:
-        bad("--amp", args.amp, f"one of {list(AMP_CHOICES)}")
     if args.shape is not None:
         parts = args.shape.split(",")
         if len(parts) != 3 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
             bad("--shape", args.shape, "three positive integers C,H,W, e.g. 3,32,32")
-    for option in ("batch_size", "repeats", "steps", "num_classes"):
+    for option in ("repeats", "steps", "num_classes"):
         if getattr(args, option) < 1:
             bad("--" + option.replace("_", "-"), getattr(args, option), "an integer >= 1")
     for option in ("warmup", "parallel_seeds"):
@@ -456,10 +457,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     problem = unwritable(Path(args.out))
     if problem:
         bad("--out", args.out, f"a JSON file path in a writable folder ({problem})")
-    if not 0 <= args.alpha:
-        bad("--alpha", args.alpha, "a number >= 0 (0 = no Mixup)")
-    if not 0 <= args.eps < 1:
-        bad("--eps", args.eps, "a number in [0, 1)")
 
 
 def unwritable(out: Path) -> str | None:
@@ -479,30 +476,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = args.config
-    tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    ex = resolve_execution(tcfg)  # as a run resolves device, precision and layout
-    device, cl = ex.device, ex.channels_last
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    execution = resolve_execution(trainer_cfg)  # as a run resolves device, precision and layout
+    device, cl = execution.device, execution.channels_last
     ds, x, y = load_data(args, cfg)
     crop = ds["augment"]["crop_padding"] if args.crop_padding is None else args.crop_padding
     hflip = ds["augment"]["hflip"] if args.hflip is None else bool(args.hflip)
     shape = tuple(int(v) for v in ds["image_shape"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data = train_data(ds, x, y, crop, hflip, device)
-    model = get_model(model_cfg, shape, data.num_classes, ex, seed=0)
-    trainer = SingleTrainer(model, data, tcfg, {"mixup_alpha": args.alpha,
-                                                "smoothing": args.eps}, ex, seed=0)
+    model = get_model(model_cfg, shape, data.num_classes, execution, seed=0)
+    trainer = SingleTrainer(model, data, trainer_cfg, {"mixup_alpha": args.alpha,
+                                                "smoothing": args.eps}, execution, seed=0)
     results = time_suite(trainer, args) + [time_bare(trainer, args)]
     if not args.no_reference:
         results += time_reference(args, ds, x, y, model_cfg, device, crop, hflip)
     if args.parallel_seeds:
-        results.append(time_multiseed(args, ds, data, model_cfg, tcfg, ex))
+        results.append(time_multiseed(args, ds, data, model_cfg, trainer_cfg, execution))
     fwd = flops_per_image(model_cfg, shape, data.num_classes, trainer.batch_size)
     flops = {"forward_per_image": fwd, "train_per_image": 3 * fwd}
     rows = {m.name: m.row() for m in results}
     config = {"dataset": ds["name"], "shape": list(shape), "num_classes": data.num_classes,
               "n_train": len(y), "model": args.model, "model_args": model_cfg,
               "alpha": args.alpha, "eps": args.eps, "batch_size": trainer.batch_size,
-              "device": str(device), "amp": ex.amp, "compile": args.compile,
+              "device": str(device), "amp": execution.amp, "compile": args.compile,
               "compile_mode": compile_mode(args.compile, device),
               "channels_last": cl, "crop_padding": crop, "hflip": hflip,
               "warmup": args.warmup, "repeats": args.repeats, "steps": args.steps,

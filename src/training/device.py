@@ -75,7 +75,7 @@ def resolve_amp(spec: str, device: torch.device) -> torch.dtype | None:
 def resolve_execution(trainer_cfg: Mapping[str, Any], spread: int | None = None) -> Execution:
     """Device, precision and layout from the trainer config (`spread`: see resolve_device)."""
     device = resolve_device(trainer_cfg["device"], spread)
-    cl = trainer_cfg.get("channels_last", "auto")
+    cl = trainer_cfg["channels_last"]
     channels_last = device.type == "cuda" if cl == "auto" else bool(cl)
     use_fast_kernels(device)
     return Execution(device, resolve_amp(str(trainer_cfg["amp"]), device), channels_last)

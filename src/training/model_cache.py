@@ -41,21 +41,21 @@ _COMPILED_ATTR = "_lsmix_compiled"
 
 
 def cache_key(model_cfg: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int,
-              ex: Execution) -> tuple:
+              execution: Execution) -> tuple:
     """What makes two runs' models interchangeable: architecture, shapes, device, layout."""
     plain = (OmegaConf.to_container(model_cfg, resolve=True)
              if isinstance(model_cfg, DictConfig) else dict(model_cfg))
     arch = json.dumps(plain, sort_keys=True, default=str)
-    return (arch, tuple(int(v) for v in in_shape), int(num_classes), str(ex.device),
-            ex.channels_last)
+    return (arch, tuple(int(v) for v in in_shape), int(num_classes), str(execution.device),
+            execution.channels_last)
 
 
 def fresh_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int],
-                num_classes: int, ex: Execution, seed: int) -> nn.Module:
+                num_classes: int, execution: Execution, seed: int) -> nn.Module:
     """A new model exactly as a run builds it: seeded, built on the CPU, moved, laid out."""
     torch.manual_seed(seed)
-    model = build_model(model_cfg, in_shape, num_classes).to(ex.device)
-    if ex.channels_last:
+    model = build_model(model_cfg, in_shape, num_classes).to(execution.device)
+    if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -81,15 +81,15 @@ def reinitialise_(model: nn.Module, model_cfg: Mapping[str, Any],
 
 
 def get_model(model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int], num_classes: int,
-              ex: Execution, seed: int, reuse: bool = False) -> nn.Module:
+              execution: Execution, seed: int, reuse: bool = False) -> nn.Module:
     """The run's model: a fresh build, or (`reuse`) the cached one re-initialised for `seed`."""
     if not reuse:
-        return fresh_model(model_cfg, in_shape, num_classes, ex, seed)
-    key = cache_key(model_cfg, in_shape, num_classes, ex)
+        return fresh_model(model_cfg, in_shape, num_classes, execution, seed)
+    key = cache_key(model_cfg, in_shape, num_classes, execution)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return reinitialise_(_CACHE[key], model_cfg, in_shape, num_classes, seed)
-    model = fresh_model(model_cfg, in_shape, num_classes, ex, seed)
+    model = fresh_model(model_cfg, in_shape, num_classes, execution, seed)
     _CACHE[key] = model
     while len(_CACHE) > MAX_CACHED:
         _CACHE.popitem(last=False)

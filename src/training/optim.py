@@ -36,11 +36,11 @@ def build_optimizer(decay: list[torch.Tensor], no_decay: list[torch.Tensor],
 def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
     """The schedule as a function of the step: warm-up, then cosine, multistep or constant."""
     total = int(cfg["epochs"]) * steps_per_epoch
-    warmup = int(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)
+    warmup = int(float(cfg["warmup_epochs"]) * steps_per_epoch)
     epochs = int(cfg["epochs"])
     # Milestones up to 1 are fractions of the run, larger ones are epochs.
-    milestones = [m * epochs if m <= 1 else m for m in cfg.get("milestones", [])]
-    gamma, kind = float(cfg.get("gamma", 0.1)), cfg["schedule"]
+    milestones = [m * epochs if m <= 1 else m for m in cfg["milestones"]]
+    gamma, kind = float(cfg["gamma"]), cfg["schedule"]
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -1,12 +1,12 @@
 """The training loop: whole dataset on the device, batches as index gathers, no workers.
 
-A trainer trains K >= 1 members: one model (`SingleTrainer`), or K runs as one batched model
-(`StackedTrainer`): K seeds of one configuration, or K configurations that differ only in the
+A trainer trains M >= 1 members: one model (`SingleTrainer`), or M runs as one batched model
+(`StackedTrainer`): M seeds of one configuration, or M configurations that differ only in the
 batchable keys (src.config.BATCHABLE_KEYS: seed, Mixup alpha, smoothing eps and when it
 starts). Both share everything but the model call: each member has its own generators (data
 order, crops, flips and Mixup permutations from a torch generator seeded with its seed;
 lambdas, CutMix boxes and the other mixing draws from numpy's), each step gathers a batch,
-crops, flips and normalises it over the whole batch, mixes it (src.mixing: Mixup, CutMix, per
+crops, flips and normalises it over the whole batch, mixes it (src.augmentation: Mixup, CutMix, per
 batch, pair or sample; or hands lambda and the partners to the model, which mixes a hidden
 state: Manifold Mixup) and takes the one update of src.training.optim on the smoothed cross
 entropy. Per-step metrics stay on the device and are read once per epoch, so the step never
@@ -17,21 +17,21 @@ before, as Wei et al. 2022 warm up before smoothing).
 Per-member settings: each member's lambdas are drawn from its own alpha by its own generator
 (a member with alpha = 0 draws nothing, mixes with weight 1 and partners that are itself, which
 leaves its batch and loss exactly unmixed), and the loss takes each member's uniform mass as a
-(K,) tensor, zero for a member before its own smoothing_start_epoch. So a member draws what its
+(M,) tensor, zero for a member before its own smoothing_start_epoch. So a member draws what its
 separate run draws, in the same order. Every other mixing key is one for all members.
 
 Stacked members (`trainer.parallel_seeds`, the batched launcher): their parameters and buffers
 are stacked (`torch.func.stack_module_state`) and the architecture is called once per step
-through `vmap(functional_call)`, so every layer is one batched kernel instead of K small ones.
+through `vmap(functional_call)`, so every layer is one batched kernel instead of M small ones.
 BatchNorm keeps per-member running statistics (the stacked buffers are vmapped with the
-parameters). The loss is the sum of the K member losses, so each member's gradient is exactly
-its own; SGD and AdamW are elementwise, so one optimizer over the stacked tensors is K
+parameters). The loss is the sum of the M member losses, so each member's gradient is exactly
+its own; SGD and AdamW are elementwise, so one optimizer over the stacked tensors is M
 independent ones. A member that diverged is stopped (`stop_member`): its loss is left out of
 the sum and its gradients zeroed, so its failure stays its own. What would couple members is
 refused before they are stacked (src.config.validate.cannot_stack): fp16 loss scaling (one
 scaler) and dropout (one random stream).
 
-Equality with K separate runs: data order, augmentation draws, lambdas and initial weights are
+Equality with M separate runs: data order, augmentation draws, lambdas and initial weights are
 identical; the arithmetic is not the same code path (a vmapped linear layer
 is a batched matmul, a vmapped convolution a grouped convolution, whose sums a CPU may order
 differently), so members agree with separate runs to float rounding, which training amplifies
@@ -52,10 +52,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from src.augment import augment
-from src.config.options import CUDA_GRAPH_MODES
-from src.data.tensors import TrainData
-from src.mixing import (
+from src.augmentation import (
     MixSettings,
     blend,
     draw_epoch,
@@ -68,6 +65,10 @@ from src.mixing import (
     share_within_pairs,
     uniform_mass,
 )
+from src.config import with_defaults
+from src.config.options import CUDA_GRAPH_MODES
+from src.data.crop_flip import augment
+from src.data.tensors import TrainData
 from src.training.device import Execution
 from src.training.model_cache import COMPILE_OPTIONS, compile_mode, compiled, fresh_model
 from src.training.optim import Optimisation
@@ -90,41 +91,62 @@ class EpochStats:
 class EpochState:
     """An epoch under way: what a checkpoint keeps to resume it at the exact step."""
 
-    order: torch.Tensor  # (K, N): each member's sample order
-    # (K, steps), or (K, steps, B) with one per sample: each member's lambdas, None unmixed
+    order: torch.Tensor  # (M, N): each member's sample order
+    # (M, steps), or (M, steps, B) with one per sample: each member's lambdas, None unmixed
     lams: torch.Tensor | None
     step: int
-    loss_sum: torch.Tensor  # (K,)
-    correct_sum: torch.Tensor  # (K,)
+    loss_sum: torch.Tensor  # (M,)
+    correct_sum: torch.Tensor  # (M,)
     seconds: float
     lr: float
     cut: torch.Tensor | None = None  # like lams, bool: CutMix instead of Mixup (both on)
     boxes: torch.Tensor | None = None  # lams' shape + (4,): CutMix boxes, None without CutMix
 
 
+@dataclass
+class Batch:
+    """One training step's input: images (mixed, or under Manifold Mixup unmixed), each
+    sample's own label and its partner's, lambda (per batch or per sample), and, under
+    Manifold Mixup only, the partners the model mixes its hidden state with."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y2: torch.Tensor
+    lam: torch.Tensor
+    partners: torch.Tensor | None = None
+
+    def detached(self) -> Batch:
+        fields = (self.x, self.y, self.y2, self.lam, self.partners)
+        return Batch(*(None if t is None else t.detach() for t in fields))
+
+
 class Trainer:
-    """What every trainer shares: batches, mixing, the step, the epoch loop and its state."""
+    """What every trainer shares: batches, mixing, the step, the epoch loop and its state.
+    M is the number of members, K the number of classes."""
 
     def __init__(self, data: TrainData, cfg: Mapping[str, Any],
                  aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                  execution: Execution, seeds: Sequence[int]) -> None:
         """`aug_cfg`: the augmentation of every member, or one per member (which may differ in
         mixup_alpha, smoothing and smoothing_start_epoch only)."""
-        self.data, self.cfg, self.ex = data, cfg, execution
+        # Partial mappings (a bench's, a test's) take the rest from conf/ (the one place the
+        # defaults are written): the trainer reads every key as cfg[key].
+        self.cfg = cfg = with_defaults("trainer", "default", cfg)
+        self.data, self.execution = data, execution
         self.device = dev = execution.device
         self.seeds = [int(s) for s in seeds]
         augs = member_augmentations(aug_cfg, len(self.seeds))
         self.member_mixing = [MixSettings.from_config(a) for a in augs]
         # What the members share (every key but alpha): partners, mix mode, CutMix, the layer.
         self.mixing = self.member_mixing[0]
-        # The loss takes the uniform mass of either smoothing convention (src.mixing).
-        masses = [uniform_mass(float(a["smoothing"]), a.get("smoothing_to", "all"),
-                               data.num_classes) for a in augs]
-        # One mass for all is a scalar, as a single run has it; else one per member, (K,).
-        self.eps = torch.tensor(masses[0] if len(set(masses)) == 1 else masses, device=dev)
-        self.no_eps = torch.zeros((), device=dev)
-        self.smoothing_starts = [int(a.get("smoothing_start_epoch", 0)) for a in augs]
-        self._mass, self._mass_at = self.no_eps, -1  # the mass now, and for which epoch
+        # The loss takes the uniform mass of either smoothing convention (src.augmentation).
+        masses = [uniform_mass(float(a["smoothing"]), a["smoothing_to"], data.num_classes)
+                  for a in augs]
+        # One mass for all is a scalar, as a single run has it; else one per member, (M,).
+        self.mass = torch.tensor(masses[0] if len(set(masses)) == 1 else masses, device=dev)
+        self.no_mass = torch.zeros((), device=dev)
+        self.smoothing_starts = [int(a["smoothing_start_epoch"]) for a in augs]
+        self._mass, self._mass_at = self.no_mass, -1  # the mass now, and for which epoch
         self.epochs_done = 0  # finished epochs: when smoothing starts
         n = len(data.train)
         self.batch_size = min(int(cfg["batch_size"]), n)
@@ -135,19 +157,19 @@ class Trainer:
         self.np_rngs = [np.random.default_rng(s) for s in self.seeds]
         self.epoch_state: EpochState | None = None
         self.cuda_graphs = False
-        # (K,) bool of the members still training, None while all are: a member that stopped
+        # (M,) bool of the members still training, None while all are: a member that stopped
         # (diverged) adds nothing to the loss and its gradients are zeroed before the shared
         # step, so its inf or NaN can never reach another member (src.run.lifecycle stops it).
         self.live: torch.Tensor | None = None
 
     def _optimisation(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor]) -> None:
         self.optim = Optimisation(decay, no_decay, self.cfg, self.device, self.steps_per_epoch,
-                                  self.ex.grad_scaler())
+                                  self.execution.grad_scaler())
 
     # ------------------------------------------------------------- what the variants supply
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-member tensors (K, ...) in the variant's shape: (...) for one model."""
+        """Per-member tensors (M, ...) in the variant's shape: (...) for one model."""
         raise NotImplementedError
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
@@ -161,7 +183,7 @@ class Trainer:
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(K, N, classes) float32 logits of every member for uint8 images (N, C, H, W)."""
+        """(M, N, K) float32 logits of every member for uint8 images (N, C, H, W)."""
         raise NotImplementedError
 
     def _weights(self) -> dict[str, Any]:
@@ -209,16 +231,16 @@ class Trainer:
         self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr,
                                       cut, boxes)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+    def batch(self, step: int) -> Batch:
         """Step `step` of the epoch: images, both label sets and lambda (per batch or per
-        sample). The images come mixed, or, under Manifold Mixup, unmixed and followed by
-        the partners that `step` hands to the model."""
+        sample). The images come mixed, or, under Manifold Mixup, unmixed with the partners
+        that `step` hands to the model."""
         st, bs, mixing = self.epoch_state, self.batch_size, self.mixing
         idx = self._rows(st.order)[..., step * bs:(step + 1) * bs]
         x = self._images(idx)
         y = self.data.train.y[idx]
         if st.lams is None:
-            return x, y, y, torch.ones(idx.shape[:-1], device=self.device)
+            return Batch(x, y, y, torch.ones(idx.shape[:-1], device=self.device))
         lam = self._rows(st.lams[:, step])
         # A member that mixes nothing draws no partners (its separate run draws none): itself.
         perm = self._rows(torch.stack([
@@ -231,20 +253,21 @@ class Trainer:
             lam, cut, boxes = (None if t is None else share_within_pairs(t, perm)
                                for t in (lam, cut, boxes))
         if mixing.manifold:
-            return x, y, pair_with(y, perm), lam, perm
+            return Batch(x, y, pair_with(y, perm), lam, perm)
         if boxes is None:
             x, y2 = mix(x, y, lam, perm)
-            return x, y, y2, lam
-        return mix_images(x, lam, perm, boxes, cut), y, pair_with(y, perm), lam
+            return Batch(x, y, y2, lam)
+        return Batch(mix_images(x, lam, perm, boxes, cut), y, pair_with(y, perm), lam)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor,
-             perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; the detached loss and lambda-weighted hits of each member.
-        With `perm` (Manifold Mixup) the model mixes its hidden state with those partners."""
+        With partners (Manifold Mixup) the model mixes its hidden state with them."""
+        y, y2, lam, perm = batch.y, batch.y2, batch.lam, batch.partners
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with self.ex.autocast():
-            logits = self._forward(x) if perm is None else self._forward(x, (lam, perm))
+        with self.execution.autocast():
+            logits = self._forward(batch.x) if perm is None else \
+                self._forward(batch.x, (lam, perm))
         loss = mixup_smoothing_loss(logits, y, y2, lam, self.smoothing_mass())
         if self.live is None:
             self.optim.update(loss.sum())
@@ -270,12 +293,12 @@ class Trainer:
         if self._mass_at != self.epochs_done:  # worked out once an epoch, not every step
             started = [self.epochs_done >= s for s in self.smoothing_starts]
             if all(started):
-                self._mass = self.eps
+                self._mass = self.mass
             elif not any(started):
-                self._mass = self.no_eps
+                self._mass = self.no_mass
             else:
-                on = torch.tensor(started, dtype=self.eps.dtype, device=self.device)
-                self._mass = self.eps * on
+                on = torch.tensor(started, dtype=self.mass.dtype, device=self.device)
+                self._mass = self.mass * on
             self._mass_at = self.epochs_done
         return self._mass
 
@@ -296,7 +319,7 @@ class Trainer:
             if stop is not None and stop():
                 interrupted = True
                 break
-            loss, correct = self.step(*self.batch(st.step))
+            loss, correct = self.step(self.batch(st.step))
             st.loss_sum += loss
             st.correct_sum += correct
             st.step += 1
@@ -311,7 +334,7 @@ class Trainer:
         self.epoch_state = None
         self.epochs_done += 1
         images = steps * self.batch_size
-        # Divided on the host in float64: the figures do not depend on K.
+        # Divided on the host in float64: the figures do not depend on M.
         return [EpochStats(loss / steps, correct / images, st.seconds, images, st.lr,
                            finite=math.isfinite(loss / steps))
                 for loss, correct in zip(st.loss_sum.tolist(), st.correct_sum.tolist())]
@@ -351,13 +374,15 @@ class Trainer:
 
 
 def member_augmentations(aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-                         k: int) -> list[Mapping[str, Any]]:
-    """One augmentation config per member; members may differ in alpha and smoothing only."""
-    augs = [aug_cfg] * k if isinstance(aug_cfg, Mapping) else list(aug_cfg)
-    if len(augs) != k:
-        raise ValueError(f"{len(augs)} augmentation configs for {k} members")
+                         members: int) -> list[dict[str, Any]]:
+    """One complete augmentation config per member (conf/augmentation/none.yaml under a partial
+    one); members may differ in alpha and smoothing only."""
+    augs = [aug_cfg] * members if isinstance(aug_cfg, Mapping) else list(aug_cfg)
+    if len(augs) != members:
+        raise ValueError(f"{len(augs)} augmentation configs for {members} members")
+    augs = [with_defaults("augmentation", "none", a) for a in augs]
     shared = {replace(MixSettings.from_config(a), mixup_alpha=0.0) for a in augs}
-    conventions = {a.get("smoothing_to", "all") for a in augs}
+    conventions = {a["smoothing_to"] for a in augs}
     if len(shared) > 1 or len(conventions) > 1:
         raise ValueError("members trained together may differ in mixup_alpha, smoothing and "
                          "smoothing_start_epoch only")
@@ -370,7 +395,7 @@ def decay_groups(params: list[torch.Tensor], vector_ndim: int, cfg: Mapping[str,
     weights (tensors of at most `vector_ndim` dimensions), a common modern choice;
     `true` decays every parameter, as the Mixup paper's code (SGD's weight_decay on
     model.parameters()) does."""
-    if bool(cfg.get("decay_all", False)):
+    if bool(cfg["decay_all"]):
         return params, []
     return ([p for p in params if p.ndim > vector_ndim],
             [p for p in params if p.ndim <= vector_ndim])
@@ -383,10 +408,10 @@ class SingleTrainer(Trainer):
                  aug_cfg: Mapping[str, Any], execution: Execution, seed: int) -> None:
         super().__init__(data, cfg, aug_cfg, execution, [seed])
         self.model = model
-        self._optimisation(*decay_groups(list(model.parameters()), 1, cfg))
+        self._optimisation(*decay_groups(list(model.parameters()), 1, self.cfg))
         # Compiled once per model object (src.training.model_cache keeps the object across
         # the runs of a sweep). Only the model is compiled: lambda, eps and lr stay outside.
-        mode = compile_mode(cfg.get("compile", False), self.device)
+        mode = compile_mode(self.cfg["compile"], self.device)
         self.forward = compiled(model, mode) if mode else model
         # CUDA graphs replay into the same output buffers: each step (and evaluation batch)
         # tells the graph tree that the previous outputs are done with.
@@ -403,7 +428,7 @@ class SingleTrainer(Trainer):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images to normalised floats, channels-last where chosen."""
         x = super().normalise(x)
-        if self.ex.channels_last:
+        if self.execution.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -425,7 +450,7 @@ class SingleTrainer(Trainer):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
-        bs = int(self.cfg.get("eval_batch_size", 1024))
+        bs = int(self.cfg["eval_batch_size"])
         # A compiled forward is specialised to its batch shape: every evaluation batch is
         # padded to eval_batch_size, so one eval graph serves all splits and sizes.
         # (Evaluation is per sample, BN uses running stats: padding changes no output.)
@@ -438,7 +463,7 @@ class SingleTrainer(Trainer):
                 xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            with self.ex.autocast():  # .float() copies out of the graph's output buffer
+            with self.execution.autocast():  # .float() copies out of the graph's output buffer
                 out.append(self.forward(self.normalise(xb))[:n].float())
         return torch.cat(out)[None]
 
@@ -466,33 +491,34 @@ def _bn_exit(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
 
 
 class StackedTrainer(Trainer):
-    """K members as one vmapped model: seeds of one configuration, or configurations that differ
+    """M members as one vmapped model: seeds of one configuration, or configurations that differ
     in the batchable keys only (see the module docstring)."""
 
     def __init__(self, model_cfg: Mapping[str, Any], in_shape: tuple[int, int, int],
                  data: TrainData, cfg: Mapping[str, Any],
                  aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                  execution: Execution, seeds: Sequence[int]) -> None:
-        ex = Execution(execution.device, execution.amp_dtype, channels_last=False)
-        super().__init__(data, cfg, aug_cfg, ex, seeds)
-        models = [fresh_model(model_cfg, in_shape, data.num_classes, ex, s) for s in self.seeds]
+        execution = Execution(execution.device, execution.amp_dtype, channels_last=False)
+        super().__init__(data, cfg, aug_cfg, execution, seeds)
+        models = [fresh_model(model_cfg, in_shape, data.num_classes, execution, s)
+                  for s in self.seeds]
         params, self.buffers = stack_module_state(models)
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
         # The architecture without storage: functional_call supplies the stacked tensors.
         self.base = copy.deepcopy(models[0]).to("meta")
-        if self.device.type == "cuda" and not bool(cfg.get("compile", False)):
+        if self.device.type == "cuda" and not bool(self.cfg["compile"]):
             for m in self.base.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.register_forward_pre_hook(_bn_enter)
                     m.register_forward_hook(_bn_exit)
         # Weight decay on what is a matrix or kernel in one member (ndim > 1 there).
-        # A member's matrix or kernel has one more dimension here (the stacked members).
-        self._optimisation(*decay_groups(list(self.params.values()), 2, cfg))
+        # A member's matrix or kernel has one more dimension here (the M stacked members).
+        self._optimisation(*decay_groups(list(self.params.values()), 2, self.cfg))
         self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
         self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
         # Manifold Mixup: each member's lambda and partners go in with its batch.
         self._mixed_fn = vmap(self._call_mixed, in_dims=(0, 0, 0, 0, 0), randomness="different")
-        if bool(cfg.get("compile", False)):
+        if bool(self.cfg["compile"]):
             self._train_fn = torch.compile(self._train_fn, **COMPILE_OPTIONS)
             self._eval_fn = torch.compile(self._eval_fn, **COMPILE_OPTIONS)
             self._mixed_fn = torch.compile(self._mixed_fn, **COMPILE_OPTIONS)
@@ -517,7 +543,7 @@ class StackedTrainer(Trainer):
                 p.grad.masked_fill_(stopped.view(-1, *[1] * (p.ndim - 1)), 0)
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
-        """(K, B, C, H, W) normalised images; crops and flips from each member's generator."""
+        """(M, B, C, H, W) normalised images; crops and flips from each member's generator."""
         d = self.data
         # Plain NCHW: the run's data may be cached channels-last, a layout vmap cannot query.
         x = d.train.x[idx].contiguous()
@@ -538,11 +564,11 @@ class StackedTrainer(Trainer):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.base.eval()
-        bs = int(self.cfg.get("eval_batch_size", 1024))
+        bs = int(self.cfg["eval_batch_size"])
         out = []
         for i in range(0, len(x), bs):
             xb = self.normalise(x[i:i + bs].contiguous())
-            with self.ex.autocast():
+            with self.execution.autocast():
                 out.append(self._eval_fn(self.params, self.buffers, xb).float())
         return torch.cat(out, dim=1)
 

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.augment import random_crop, random_hflip
-from src.mixing import (
+from src.augmentation import (
     method_name,
     mixed_target,
     mixup_smoothing_loss,
     smooth,
     soft_cross_entropy,
 )
+from src.data.crop_flip import random_crop, random_hflip
 
 K = 7
 

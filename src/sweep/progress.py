@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.progress import format_duration
+from src.run.progress import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,13 @@ def count_jobs(config: DictConfig) -> int | None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    hc = config.hydra
-    if not str(hc.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    hydra_cfg = config.hydra
+    if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
-    params = [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
     try:
-        overrides = OverridesParser.create().parse_overrides(params + list(hc.overrides.task))
+        overrides = OverridesParser.create().parse_overrides(
+            params + list(hydra_cfg.overrides.task))
         batches = BasicSweeper.split_arguments(overrides, None)
     except Exception:  # an uncountable grid only loses the "/N"
         return None

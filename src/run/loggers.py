@@ -123,7 +123,7 @@ class WandbLogger(NullLogger):
         if not isinstance(identity, str):
             config = {**config, "run": dict(identity)}  # method and the like: filters in W&B
         # W&B's folder defaults to the run's own, so a study's offline runs lie in its folder
-        # (python -m src.wandb_sync <study folder> uploads them all).
+        # (python -m src.tools.wandb_sync <study folder> uploads them all).
         wandb_dir = str(cfg.get("dir") or run_dir)
         kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"),
                       group=cfg.get("group"), tags=list(cfg.get("tags") or []), name=name,
@@ -145,7 +145,7 @@ class WandbLogger(NullLogger):
             _SERVER_DOWN = True
             log.warning("W&B is unreachable (%s: %s). Training goes on and the runs of this "
                         "process are kept offline; upload them later with: "
-                        "python -m src.wandb_sync %s", type(err).__name__,
+                        "python -m src.tools.wandb_sync %s", type(err).__name__,
                         str(err).splitlines()[0] if str(err) else "", wandb_dir)
             mode = "offline"
             # The failed attempt keeps its id busy in W&B's service: the offline run gets a

@@ -24,9 +24,10 @@ reversed batch (timm's). Random numbers are drawn on the host once per epoch (`d
 from the member's numpy generator) and the permutations on the device (from its torch
 generator), so a step never waits for the host and a checkpoint resumes the exact draws.
 
-Every device function here works on one batch (B, ...) or on K members' batches stacked in
-front (K, B, ...), so a single run and K seeds trained together (src.training.trainer) mix and
-score their batches with the same code. lambda has shape (...) for one per batch, (..., B) for
+Every device function here works on one batch (B, ...) or on M members' batches stacked in
+front (M, B, ...), so a single run and M runs trained together (src.training.trainer) mix and
+score their batches with the same code. K is the number of classes throughout. lambda has
+shape (...) for one per batch, (..., B) for
 one per sample.
 """
 
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from src.config import with_defaults
 from src.models.manifold import INPUT
 
 # ------------------------------------------------------------------ settings
@@ -47,36 +49,38 @@ from src.models.manifold import INPUT
 
 @dataclass(frozen=True)
 class MixSettings:
-    """The mixing keys of the augmentation config. A mapping without a key means what the
-    suite did before the key existed: Mixup of the images, one lambda per batch, permutation
-    partners, every batch mixed, no CutMix."""
+    """The mixing keys of the augmentation config (their defaults and meaning:
+    conf/augmentation/none.yaml)."""
 
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0  # 0 = no CutMix (1 whenever cutmix_minmax is set, as timm)
-    cutmix_minmax: tuple[float, float] | None = None  # box sides as fractions of the image
-    correct_lam: bool = True  # lambda = 1 - the pasted box's share of the image
-    mix_prob: float = 1.0  # probability that a batch (or pair, or sample) is mixed at all
-    switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
-    mix_mode: str = "batch"  # one lambda per "batch", per "pair", per sample ("elem")
-    pairing: str = "permutation"  # partners: a random "permutation", or the reversed batch
-    mix_layer: str = INPUT  # Mixup of the images, or of a model stage's hidden state
+    mixup_alpha: float
+    cutmix_alpha: float  # 0 = no CutMix (1 whenever cutmix_minmax is set, as timm)
+    cutmix_minmax: tuple[float, float] | None  # box sides as fractions of the image
+    correct_lam: bool  # lambda = 1 - the pasted box's share of the image
+    mix_prob: float  # probability that a batch (or pair, or sample) is mixed at all
+    switch_prob: float  # probability of CutMix instead of Mixup when both are on
+    mix_mode: str  # one lambda per "batch", per "pair", per sample ("elem")
+    pairing: str  # partners: a random "permutation", or the reversed batch
+    mix_layer: str  # Mixup of the images, or of a model stage's hidden state
 
     @classmethod
     def from_config(cls, aug: Mapping[str, Any]) -> MixSettings:
-        minmax = aug.get("cutmix_minmax")
+        """The mixing keys of an augmentation section (a partial mapping takes the rest from
+        conf/augmentation/none.yaml: nothing mixed)."""
+        aug = with_defaults("augmentation", "none", aug)
+        minmax = aug["cutmix_minmax"]
         # A min-max range turns CutMix on at alpha 1, whatever cutmix_alpha says, as timm's
         # Mixup forces it (its boxes' sides come from the range, lambda from their area).
-        cutmix_alpha = 1.0 if minmax is not None else float(aug.get("cutmix_alpha", 0.0))
+        cutmix_alpha = 1.0 if minmax is not None else float(aug["cutmix_alpha"])
         return cls(
-            mixup_alpha=float(aug.get("mixup_alpha", 0.0)),
+            mixup_alpha=float(aug["mixup_alpha"]),
             cutmix_alpha=cutmix_alpha,
             cutmix_minmax=None if minmax is None else (float(minmax[0]), float(minmax[1])),
-            correct_lam=bool(aug.get("correct_lam", True)),
-            mix_prob=float(aug.get("mix_prob", 1.0)),
-            switch_prob=float(aug.get("switch_prob", 0.5)),
-            mix_mode=str(aug.get("mix_mode", "batch")),
-            pairing=str(aug.get("pairing", "permutation")),
-            mix_layer=str(aug.get("mix_layer", INPUT)),
+            correct_lam=bool(aug["correct_lam"]),
+            mix_prob=float(aug["mix_prob"]),
+            switch_prob=float(aug["switch_prob"]),
+            mix_mode=str(aug["mix_mode"]),
+            pairing=str(aug["pairing"]),
+            mix_layer=str(aug["mix_layer"]),
         )
 
     @property
@@ -278,7 +282,7 @@ def mix(x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor,
         perm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup of a batch with its partners: (lam * x + (1 - lam) * x[perm], y[perm]).
 
-    `lam` is a scalar for one batch or (K,) for K members, or one per sample; without `perm`
+    `lam` is a scalar for one batch or (M,) for M members, or one per sample; without `perm`
     nothing is mixed.
     """
     if perm is None:
@@ -323,22 +327,22 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def mixup_smoothing_loss(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor,
-                         lam: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+                         lam: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     """Cross entropy against smooth(lam * onehot(y) + (1 - lam) * onehot(y2)), without one-hots.
 
     logits (..., B, K), labels (..., B), lam of shape (...) (one per batch) or (..., B) (one
-    per sample); eps is the uniform mass m (`uniform_mass`), any m < 1, one for all (a scalar)
-    or one per leading index (...) (members trained together, each with its own eps): the batch
-    mean for each leading index, so K members trained together get their K losses from one
+    per sample); mass is the uniform mass m (`uniform_mass`), any m < 1, one for all (a scalar)
+    or one per leading index (...) (members trained together, each with its own): the batch
+    mean for each leading index, so M members trained together get their M losses from one
     call. With m < 0 the loss can be negative (the target has negative entries).
     """
     logp = F.log_softmax(logits.float(), dim=-1)
-    uniform = -logp.mean(-1)  # cross entropy against the uniform target eps / K
-    if 0 < eps.ndim < y.ndim:
-        eps = eps[..., None]  # each member's over its batch
+    uniform = -logp.mean(-1)  # cross entropy against the uniform target 1 / K
+    if 0 < mass.ndim < y.ndim:
+        mass = mass[..., None]  # each member's over its batch
 
     def ce(labels: torch.Tensor) -> torch.Tensor:
-        return (1 - eps) * -logp.gather(-1, labels[..., None]).squeeze(-1) + eps * uniform
+        return (1 - mass) * -logp.gather(-1, labels[..., None]).squeeze(-1) + mass * uniform
 
     if lam.ndim < y.ndim:
         lam = lam[..., None]  # over the batch

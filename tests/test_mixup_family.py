@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.tensors import Split, TrainData
-from src.mixing import (
+from src.augmentation import (
     MixSettings,
     box_around,
     box_lam,
@@ -28,9 +27,11 @@ from src.mixing import (
     share_within_pairs,
     soft_cross_entropy,
 )
+from src.data.tensors import Split, TrainData
 from src.training import model_cache
 from src.training.device import Execution
 from src.training.trainer import SingleTrainer, StackedTrainer
+from tests.conftest import CountingBackend
 
 K, B, H, W = 5, 8, 8, 8
 CPU = Execution(torch.device("cpu"), None, channels_last=False)
@@ -38,6 +39,11 @@ CNN = {"name": "cnn", "channels": [4, 8], "dropout": 0.0}
 TRAINER = {"batch_size": 8, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
            "weight_decay": 5e-4, "schedule": "cosine", "epochs": 3, "eval_batch_size": 64}
 FLIP = torch.arange(B - 1, -1, -1)
+
+
+def mixing(**keys) -> MixSettings:
+    """Mixing settings: these keys over conf/augmentation/none.yaml's."""
+    return MixSettings.from_config(keys)
 
 
 def tiny_data(crop: int = 0, hflip: bool = False, n: int = 48) -> TrainData:
@@ -199,13 +205,13 @@ def test_cutmix_pastes_the_partner_inside_the_box_only():
 @pytest.mark.parametrize("batch_size", [8, 9])
 def test_partners(batch_size):
     gen = torch.Generator().manual_seed(0)
-    flip = partners(batch_size, MixSettings(pairing="flip"), gen, torch.device("cpu"))
+    flip = partners(batch_size, mixing(pairing="flip"), gen, torch.device("cpu"))
     assert flip.tolist() == list(range(batch_size))[::-1]
-    perm = partners(batch_size, MixSettings(), gen, torch.device("cpu"))
+    perm = partners(batch_size, mixing(), gen, torch.device("cpu"))
     assert sorted(perm.tolist()) == list(range(batch_size))
     seen = set()
     for _ in range(20):  # a pair needs partners that pair up: a random matching
-        p = partners(batch_size, MixSettings(mix_mode="pair"), gen, torch.device("cpu"))
+        p = partners(batch_size, mixing(mix_mode="pair"), gen, torch.device("cpu"))
         assert torch.equal(p[p], torch.arange(batch_size))
         assert (p == torch.arange(batch_size)).sum() == batch_size % 2
         seen.add(tuple(p.tolist()))
@@ -245,21 +251,21 @@ def test_per_sample_lambda_in_loss_and_hits():
 
 
 def test_mixup_alone_draws_exactly_what_it_always_has():
-    draws = draw_epoch(MixSettings(mixup_alpha=0.4), np.random.default_rng(3), 50, B, (H, W))
+    draws = draw_epoch(mixing(mixup_alpha=0.4), np.random.default_rng(3), 50, B, (H, W))
     assert np.array_equal(draws.lam, np.random.default_rng(3).beta(0.4, 0.4, 50))
     assert draws.cut is None and draws.boxes is None
 
 
 def test_draws_follow_their_probabilities():
     steps = 4000
-    both = MixSettings(mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.6, switch_prob=0.3)
+    both = mixing(mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.6, switch_prob=0.3)
     d = draw_epoch(both, np.random.default_rng(0), steps, B, (H, W))
     # (a CutMix batch whose box came out empty keeps lambda 1: rare with Beta(1, 1))
     assert abs((d.lam < 1).mean() - 0.6) < 0.03
     assert abs(d.cut.mean() - 0.6 * 0.3) < 0.03
     assert not d.boxes[~d.cut].any()  # unmixed and Mixup's batches paste nothing
     assert np.allclose(d.lam[d.cut], box_lam(d.boxes[d.cut], H, W))
-    elem = draw_epoch(MixSettings(cutmix_alpha=1.0, mix_mode="elem"), np.random.default_rng(0),
+    elem = draw_epoch(mixing(cutmix_alpha=1.0, mix_mode="elem"), np.random.default_rng(0),
                       10, B, (H, W))
     assert elem.lam.shape == (10, B) and elem.boxes.shape == (10, B, 4) and elem.cut is None
     assert (elem.boxes >= 0).all() and (elem.boxes[..., :2] <= H).all()
@@ -267,7 +273,7 @@ def test_draws_follow_their_probabilities():
 
 
 def test_minmax_boxes_have_sides_in_the_range():
-    d = draw_epoch(MixSettings(cutmix_alpha=1.0, cutmix_minmax=(0.25, 0.75), mix_mode="elem"),
+    d = draw_epoch(mixing(cutmix_alpha=1.0, cutmix_minmax=(0.25, 0.75), mix_mode="elem"),
                    np.random.default_rng(1), 200, B, (H, W))
     sides = np.stack([d.boxes[..., 1] - d.boxes[..., 0], d.boxes[..., 3] - d.boxes[..., 2]])
     assert sides.min() >= 2 and sides.max() <= 5 and len(np.unique(sides)) == 4
@@ -276,7 +282,7 @@ def test_minmax_boxes_have_sides_in_the_range():
 
 
 def test_without_correction_cutmix_keeps_the_beta_draw():
-    settings = MixSettings(cutmix_alpha=1.0, correct_lam=False)
+    settings = mixing(cutmix_alpha=1.0, correct_lam=False)
     d = draw_epoch(settings, np.random.default_rng(5), 100, B, (H, W))
     assert np.array_equal(d.lam, np.random.default_rng(5).beta(1.0, 1.0, 100))
 
@@ -289,7 +295,8 @@ def test_a_cutmix_batch_is_its_images_with_the_partners_box_pasted():
     tr = single({"mixup_alpha": 0.0, "cutmix_alpha": 1.0, "smoothing": 0.0,
                  "pairing": "flip", "mix_mode": "elem"}, data)
     tr.begin_epoch()
-    x, y, y2, lam = tr.batch(0)
+    b = tr.batch(0)
+    x, y, y2, lam = b.x, b.y, b.y2, b.lam
     idx = tr.epoch_state.order[0, :B]
     plain = tr.normalise(data.train.x[idx])
     inside = box_mask(tr.epoch_state.boxes[0, 0], H, W)[:, None]  # (B, 1, H, W)
@@ -326,7 +333,8 @@ def test_manifold_mixup_mixes_the_hidden_state_not_the_images():
     aug = {"mixup_alpha": 1.0, "smoothing": 0.0, "mix_layer": "features", "pairing": "flip"}
     tr = single(aug)
     tr.begin_epoch()
-    x, y, y2, lam, perm = tr.batch(0)
+    b = tr.batch(0)
+    x, y, y2, lam, perm = b.x, b.y, b.y2, b.lam, b.partners
     seen = []
     hook = tr.model.head.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
     tr.model.eval()
@@ -370,21 +378,10 @@ def test_method_name(args, name):
     assert method_name(*args) == name
 
 
-class _CountingBackend:
-    """A torch.compile backend that counts graph compilations and runs them eagerly."""
-
-    def __init__(self) -> None:
-        self.graphs = 0
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> object:
-        self.graphs += 1
-        return gm.forward
-
-
 @pytest.mark.parametrize("mode", ["batch", "elem"])
 def test_compiled_manifold_mixup_compiles_once_and_matches_eager(mode, monkeypatch):
     """Each step's lambda and partners reach the compiled model as inputs, not as code."""
-    counter = _CountingBackend()
+    counter = CountingBackend()
     monkeypatch.setitem(model_cache.COMPILE_OPTIONS, "backend", counter)
     torch._dynamo.reset()
     aug = {"mixup_alpha": 1.0, "smoothing": 0.1, "mix_layer": "block1", "mix_mode": mode}

@@ -1,4 +1,4 @@
-"""Upload every offline W&B run under some folders: `python -m src.wandb_sync FOLDER...`.
+"""Upload every offline W&B run under some folders: `python -m src.tools.wandb_sync FOLDER...`.
 
 A run logged offline (logger.mode=offline, or W&B unreachable) lies in
 `<run dir>/wandb/offline-run-*`, so a study's folder holds all of its runs; this finds them
@@ -33,7 +33,7 @@ def is_synced(run: Path) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; a folder that does not exist is refused before anything runs."""
-    ap = argparse.ArgumentParser(prog="python -m src.wandb_sync",
+    ap = argparse.ArgumentParser(prog="python -m src.tools.wandb_sync",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("folders", nargs="+", type=Path, help="study, sweep or run folders")
     ap.add_argument("--dry-run", action="store_true", help="list the runs, upload nothing")
