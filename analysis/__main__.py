@@ -19,8 +19,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m analysis",
         description="ε × α tables, plots and a report from finished runs (results.json).")
-    ap.add_argument("paths", nargs="+", help="study folders or run folders")
-    ap.add_argument("--out", help="output folder (default: <first PATH>/analysis)")
+    ap.add_argument("paths", nargs="+", help="study folders, run folders, or the runs.csv "
+                    "of an earlier analysis (re-analysed without the run folders; training "
+                    "curves then leave its runs out)")
+    ap.add_argument("--out", help="output folder (default: <first PATH>/analysis; for a "
+                    "runs.csv in FOLDER, FOLDER-reanalysis beside it)")
     ap.add_argument("--eps-axis", choices=("smoothing", "uniform_mass"), default="smoothing",
                     help="rows of the ε × α tables: ε as configured (default), or the uniform "
                     "mass m of the smoothed target (1 - m) y + m/K, comparable across "
@@ -39,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--delta-pp", type=float, default=1.0,
                     help="smallest effect that matters, in percentage points: 'no detectable "
                     "difference' needs the whole CI inside +-delta (default 1)")
+    ap.add_argument("--metric", choices=("final_test_acc", "test_acc_last_k"),
+                    default="final_test_acc",
+                    help="the test metric the claims compare: the last epoch's accuracy "
+                    "(default), or the mean of the last trainer.last_k epochs (as Co-teaching "
+                    "and JoCoR report)")
     ap.add_argument("--min-pairs", type=int, default=5,
                     help="fewest paired runs for a verdict other than undecided (default 5)")
     return ap.parse_args(argv)
@@ -69,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             from analysis.stats import StatsOptions
 
             stats = StatsOptions(correction=args.correction, family=args.family,
-                                 delta=args.delta_pp / 100, min_pairs=args.min_pairs)
+                                 delta=args.delta_pp / 100, min_pairs=args.min_pairs,
+                                 metric=args.metric)
             analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
                     allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis,
                     stats=stats)

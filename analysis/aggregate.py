@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.outcomes import is_diverged
 from analysis.schema import BASE_KEYS, GRID_KEYS, METRICS, REPLICATE_KEYS, config_columns
 from analysis.stats import draw_by_setting, variance_components
 
@@ -35,10 +36,15 @@ def _listed(values: pd.Series) -> str:
 
 
 def summarise(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per setting: n replicate runs (every seed and noise draw), the seeds and noise
-    seeds seen, and mean, std (ddof=1) and count of every metric."""
+    """One row per setting: n replicate runs (every seed and noise draw), how many of them
+    diverged, the seeds and noise seeds seen, and mean, std (ddof=1) and count of every metric
+    (a diverged run's values as analysis.outcomes gives them: counted at chance, or left out
+    of the count)."""
+    if "status" in done:
+        done = done.assign(_diverged=is_diverged(done))
     named: dict[str, tuple[str, Any]] = {
         "n": ("seed", "size"),
+        "n_diverged": ("_diverged", "sum"),
         "seeds": ("seed", _listed),
         "noise_seeds": ("noise_seed", _listed),
         "experiments": ("experiment", _listed),
@@ -46,7 +52,8 @@ def summarise(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for m in METRICS:
         if m in done:
             named |= {f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std"), f"{m}_n": (m, "count")}
-    for column, name in (("experiment", "experiments"), ("noise_seed", "noise_seeds")):
+    for column, name in (("experiment", "experiments"), ("noise_seed", "noise_seeds"),
+                         ("_diverged", "n_diverged")):
         if column not in done:
             named.pop(name)
     grouped = done.groupby(keys, dropna=False, sort=True)

@@ -1,4 +1,5 @@
-"""Collect run directories into one tidy table, one row per run, and list the problem runs."""
+"""Collect run directories (or the runs table of an earlier analysis, runs.csv) into one tidy
+table, one row per run, and list the problem runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from analysis.outcomes import intention_to_treat, is_diverged, num_classes
 from analysis.schema import (
+    ANALYSED,
     CONFIG,
     CONFIG_MIRRORS,
     CONFIG_NOT_SETTINGS,
@@ -29,11 +32,17 @@ from analysis.schema import (
     REQUIRED,
     REQUIRED_COMPLETED,
     RESULTS,
+    TEXT_COLUMNS,
     config_columns,
 )
 
 PROBLEM_COLUMNS = ["run_dir", "status", "error", "experiment", "group", "seed"]
 SKIP_DIRS = {"wandb", "__pycache__"}
+# The CSV files (by stem) an analysis writes of what it read: every run with a result, one row
+# each, every column the analysis reads (a runs table, which `load_runs` reads back), and the
+# problem runs.
+RUNS_TABLE = "runs"
+PROBLEMS_TABLE = "problems"
 
 
 @dataclass
@@ -43,16 +52,27 @@ class Runs:
     table: pd.DataFrame
     problems: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROBLEM_COLUMNS))
     corrupt: int = 0
+    tabled: frozenset[str] = frozenset()  # run folders read from a runs table, not from disk
+
+    def _usable(self, statuses: tuple[str, ...]) -> pd.DataFrame:
+        """The runs of `statuses` that are not problems, with their recorded values."""
+        if self.table.empty:
+            return self.table
+        usable = self.table["status"].isin(statuses) & \
+            ~self.table["run_dir"].isin(set(self.problems["run_dir"]))
+        return self.table[usable].reset_index(drop=True)
 
     @property
     def completed(self) -> pd.DataFrame:
-        """The runs that enter tables and means: status == "completed" and not a problem (a
-        completed run without a finite final test accuracy is one)."""
-        if self.table.empty:
-            return self.table
-        usable = (self.table["status"] == "completed") & \
-            ~self.table["run_dir"].isin(set(self.problems["run_dir"]))
-        return self.table[usable].reset_index(drop=True)
+        """The completed runs that are not problems (a completed run without a finite final
+        test accuracy is one)."""
+        return self._usable(("completed",))
+
+    @property
+    def analysed(self) -> pd.DataFrame:
+        """The runs that enter tables, means and comparisons: the completed ones and those that
+        diverged, each diverged run at the values analysis.outcomes gives it."""
+        return intention_to_treat(self._usable(ANALYSED))
 
 
 def _is_run_dir(dirnames: list[str], filenames: list[str]) -> bool:
@@ -119,7 +139,8 @@ def _mtime(path: Path) -> str:
 
 
 def read_run(run_dir: Path) -> tuple[dict | None, dict | None]:
-    """(results row, problem row) of one run folder; either may be None."""
+    """(results row, problem row) of one run folder: the row, or without a readable result the
+    problem (what the row says is judged in `status_problems`)."""
     path = run_dir / RESULTS
     if not path.exists():
         n = len(path.with_name(METRICS_LOG).read_text().splitlines()) \
@@ -131,13 +152,33 @@ def read_run(run_dir: Path) -> tuple[dict | None, dict | None]:
         print(f"warning: skipped corrupt {path}: {err}", file=sys.stderr)
         return None, _problem(run_dir, "corrupt", f"corrupt {RESULTS}: {err}")
     # Where the run is now, not where it was written (studies get moved between machines).
-    row = {**res, "run_dir": str(run_dir), "results_mtime": _mtime(path)}
-    if res["status"] != "completed":
-        return row, _problem(run_dir, str(res["status"]), str(res.get("error") or ""), res)
-    if not _finite(res["final_test_acc"]):
-        return row, _problem(run_dir, "invalid", "completed without a finite final_test_acc "
-                             f"({res['final_test_acc']!r})", res)
-    return row, None
+    return {**res, "run_dir": str(run_dir), "results_mtime": _mtime(path)}, None
+
+
+def _status_problem(run: dict[str, Any], k: float) -> dict[str, Any] | None:
+    """Why a run with a result enters no mean, if it does not: it ended without a training
+    outcome (failed, interrupted), completed without a finite final test accuracy, or
+    diverged without a recorded class count `k` (its chance accuracy is unknown)."""
+    status, run_dir = str(run["status"]), Path(run["run_dir"])
+    error = "" if pd.isna(run.get("error")) else str(run.get("error"))
+    if status not in ANALYSED:
+        return _problem(run_dir, status, error, run)
+    if status == "completed" and not _finite(run["final_test_acc"]):
+        return _problem(run_dir, "invalid", "completed without a finite final_test_acc "
+                        f"({run['final_test_acc']!r})", run)
+    if status == "diverged" and not _finite(k):
+        return _problem(run_dir, status, f"{error} (no dataset.num_classes recorded: its "
+                        "chance accuracy is unknown, so it cannot be counted)", run)
+    return None
+
+
+def status_problems(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The problem rows of the runs in `table` (see `_status_problem`)."""
+    if table.empty:
+        return []
+    ks = num_classes(table).where(is_diverged(table))
+    found = (_status_problem(r, k) for r, k in zip(table.to_dict("records"), ks))
+    return [p for p in found if p is not None]
 
 
 def _collect(root: Path) -> tuple[list[dict], list[dict]]:
@@ -227,9 +268,18 @@ def _warn_without_config(rows: list[dict]) -> None:
               f"'{LEGACY_SMOOTHING_TO}'.", file=sys.stderr)
 
 
+def _tidy(table: pd.DataFrame) -> pd.DataFrame:
+    """Metrics as floats (null becomes NaN), config copies of top-level keys dropped, the
+    smoothing convention of old results filled in."""
+    for m in METRICS:
+        if m in table:
+            table[m] = pd.to_numeric(table[m], errors="coerce").astype(float)
+    return _legacy_smoothing(_drop_mirrors(table))
+
+
 def _table(rows: list[dict]) -> pd.DataFrame:
-    """The tidy table: one row per run, metrics as floats (null becomes NaN), settings from
-    `config` and `inputs` as columns."""
+    """The tidy table of results rows: one row per run, settings from `config` and `inputs`
+    as columns."""
     _warn_without_config(rows)
     table = pd.DataFrame([_settings(r) for r in rows])
     if table.empty:
@@ -239,32 +289,95 @@ def _table(rows: list[dict]) -> pd.DataFrame:
         if table[col].map(lambda v: isinstance(v, (list, dict))).any():
             table[col] = table[col].map(lambda v: json.dumps(v, sort_keys=True)
                                         if isinstance(v, (list, dict)) else v)
-    for m in METRICS:
-        if m in table:
-            table[m] = pd.to_numeric(table[m], errors="coerce").astype(float)
-    return _legacy_smoothing(_drop_mirrors(table))
+    return _tidy(table)
+
+
+def is_runs_table(path: Path) -> bool:
+    """Whether a given path is a runs table (an analysis' runs.csv) rather than a folder of
+    runs or a results.json (which stands for its folder)."""
+    return path.suffix == ".csv" and path.is_file()
+
+
+def _is_text(column: str) -> bool:
+    """A column of a runs table that holds text, whatever it looks like: a text field of the
+    results contract, or an input file's content hash."""
+    return column in TEXT_COLUMNS or str(column).startswith(INPUT_PREFIX)
+
+
+def _read_csv(path: Path, is_text: Callable[[str], bool]) -> pd.DataFrame:
+    """A CSV file, the columns `is_text` names read as text (the others as pandas infers);
+    AnalysisError if it cannot be read."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        return pd.read_csv(path, dtype={c: str for c in header if is_text(c)})
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # pandas' parser errors too
+        raise AnalysisError(f"{path}: cannot read it as a runs table ({type(err).__name__}: "
+                            f"{err})") from None
+
+
+def read_runs_table(path: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The runs of a runs table (the runs.csv an analysis writes: every run's results as the
+    loader flattened them), and the problem runs it has no row for (never read, or dropped as
+    duplicates) from the problems.csv beside it, if there is one."""
+    table = _read_csv(path, _is_text)
+    missing = [k for k in ("run_dir", *REQUIRED, *REQUIRED_COMPLETED) if k not in table]
+    if missing:
+        raise AnalysisError(f"{path}: not a runs table (the {RUNS_TABLE}.csv of an analysis): "
+                            f"no column {', '.join(missing)}")
+    beside = path.with_name(f"{PROBLEMS_TABLE}.csv")
+    if path.name != f"{RUNS_TABLE}.csv" or not beside.is_file():
+        return _tidy(table), []
+    problems = _read_csv(beside, lambda _: True)  # as written: text, for the report to show
+    return _tidy(table), problems[~problems["run_dir"].isin(set(table["run_dir"]))].to_dict(
+        "records")
+
+
+def _read_path(path: Path) -> tuple[list[dict], pd.DataFrame | None, list[dict]]:
+    """(results rows, runs table, problem rows) of one given path: a runs table, or a
+    folder (or results.json) with runs under it."""
+    if is_runs_table(path):
+        table, problems = read_runs_table(path)
+        return [], table, problems
+    rows, problems = _collect(path)
+    return rows, None, problems
+
+
+def _gather(paths: Sequence[str | Path]) -> tuple[pd.DataFrame, list[dict], frozenset[str]]:
+    """Every run of `paths` once: the table, the problem rows, and the run folders read from
+    runs tables."""
+    rows, tables, problems, seen = [], [], [], set()
+    for p in paths:
+        r, t, pr = _read_path(Path(p))
+        # A run folder reached through two of the given paths is still one run.
+        if t is not None:
+            t = t[~t["run_dir"].isin(seen)]
+            tables.append(t)
+        rows += [x for x in r if x["run_dir"] not in seen]
+        problems += [x for x in pr if x["run_dir"] not in seen]
+        seen |= {x["run_dir"] for x in r + pr} | (set() if t is None else set(t["run_dir"]))
+    tabled = frozenset(x for t in tables for x in t["run_dir"])
+    frames = [f for f in (_table(rows), *tables) if not f.empty]
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else \
+        (frames[0] if frames else pd.DataFrame())
+    return table, problems, tabled
 
 
 def load_runs(paths: Sequence[str | Path], *, allow_duplicates: bool = False) -> Runs:
-    """Read every run under `paths`; raise AnalysisError for bad paths and duplicate runs."""
+    """Read every run under `paths` (folders of runs, or runs tables: see `is_runs_table`);
+    raise AnalysisError for bad paths and duplicate runs. Problem runs are listed by run
+    folder, so the same runs give the same list however they were read."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise AnalysisError("no paths given")
-    rows, problems, seen = [], [], set()
-    for p in paths:
-        r, pr = _collect(Path(p))
-        # A run folder reached through two of the given paths is still one run.
-        rows += [x for x in r if x["run_dir"] not in seen]
-        problems += [x for x in pr if x["run_dir"] not in seen]
-        seen |= {x["run_dir"] for x in r + pr}
-    table = _table(rows)
-    probs = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
-    corrupt = int((probs["status"] == "corrupt").sum())
+    table, problems, tabled = _gather(paths)
+    probs = pd.DataFrame(problems + status_problems(table), columns=PROBLEM_COLUMNS)
     table, dropped = resolve_duplicates(table, allow_duplicates,
                                         frozenset(probs["run_dir"]))
     probs = pd.concat([probs, dropped], ignore_index=True) if len(dropped) else probs
-    return Runs(table=table, problems=probs, corrupt=corrupt)
+    probs = probs.sort_values("run_dir", kind="stable").reset_index(drop=True)
+    return Runs(table=table, problems=probs, corrupt=int((probs["status"] == "corrupt").sum()),
+                tabled=tabled)
 
 
 def _newest_first(table: pd.DataFrame) -> pd.DataFrame:
@@ -290,12 +403,12 @@ def _duplicate_message(dups: pd.DataFrame, keys: list[str]) -> str:
 
 def resolve_duplicates(table: pd.DataFrame, allow: bool, unusable: frozenset[str] = frozenset()
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Completed runs (but the `unusable` run folders) with the same config and seeds: raise,
-    or keep the newest of each."""
+    """Runs that enter means (completed or diverged; but the `unusable` run folders) with the
+    same config and seeds: raise, or keep the newest of each."""
     empty = pd.DataFrame(columns=PROBLEM_COLUMNS)
     if table.empty:
         return table, empty
-    done = table[(table["status"] == "completed") & ~table["run_dir"].isin(unusable)]
+    done = table[table["status"].isin(ANALYSED) & ~table["run_dir"].isin(unusable)]
     keys = config_columns(done.columns) + [k for k in REPLICATE_KEYS if k in done]
     is_dup = done.duplicated(subset=keys, keep=False)
     if not is_dup.any():

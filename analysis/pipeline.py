@@ -19,7 +19,8 @@ from analysis.aggregate import (
     summarise,
 )
 from analysis.errors import Interrupted
-from analysis.load import Runs, load_runs
+from analysis.load import PROBLEMS_TABLE, RUNS_TABLE, Runs, is_runs_table, load_runs
+from analysis.outcomes import is_diverged
 from analysis.output import check_writable, staged
 from analysis.report import Findings, write_report
 from analysis.schema import is_recorded_setting
@@ -38,8 +39,12 @@ from src.run.signals import SIGNALS, Stopped
 
 
 def default_out(paths: Sequence[str | Path]) -> Path:
-    """<first path>/analysis (the folder, when a results.json file was given)."""
+    """<first path>/analysis (the folder, when a results.json file was given); for a runs
+    table, a sibling of the folder it is in, <folder>-reanalysis (that folder is the analysis
+    it came from, which a new one would replace)."""
     first = Path(paths[0])
+    if is_runs_table(first):
+        return first.parent.with_name(f"{first.parent.name}-reanalysis")
     return (first.parent if first.is_file() else first) / "analysis"
 
 
@@ -71,10 +76,12 @@ def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
 
 
 def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[str],
-                  out: Path, formats: tuple[str, ...] = plots.FORMATS) -> list[Path]:
+                  out: Path, formats: tuple[str, ...] = plots.FORMATS,
+                  tabled: frozenset[str] = frozenset()) -> list[Path]:
     """Per family of panels (differing only in noise rate): one heatmap figure per metric on a
     shared colour scale and, where rates vary, accuracy against noise rate; per panel,
-    training curves. Each as PNG and PDF; returns the paths written, PNG first."""
+    training curves (without the `tabled` runs, read from a runs table: no per-epoch
+    metrics). Each as PNG and PDF; returns the paths written, PNG first."""
     folder, written = out / "plots", []
     for name, members in _families(panels, keys).items():
         for metric in TABLE_METRICS:
@@ -87,13 +94,18 @@ def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[
             written += plots.save(plots.noise_plot(name, plots.choose_per_rate(members)),
                                   folder / file_stem(slug(name), "acc_vs_noise_rate"), formats)
     for p in panels:
-        fig = plots.training_curves(p)
+        fig = plots.training_curves(p, tabled)
         written += plots.save(fig, folder / file_stem(p.slug, "curves"), formats) if fig else []
     return written
 
 
 def _print_problems(runs: Runs, quiet: bool) -> None:
-    """Say which runs are left out of every mean, and why (only the counts with --quiet)."""
+    """Say how many runs diverged (in the means, at chance accuracy), which runs are left out
+    of every mean, and why (only the counts with --quiet)."""
+    analysed = runs.analysed
+    diverged = int(is_diverged(analysed).sum()) if len(analysed) else 0
+    if diverged:
+        print(f"{diverged} diverged runs counted at chance accuracy; see report.md")
     p = runs.problems
     if p.empty:
         return
@@ -119,7 +131,7 @@ def _findings(runs: Runs, paths: Sequence[str | Path], panels: list[Panel],
     return Findings(paths=[str(p) for p in paths], n_runs=len(runs.table),
                     n_completed=len(runs.completed), panels=panels, tables=tables,
                     answers=questions.answer(panels, options), problems=runs.problems,
-                    corrupt=runs.corrupt, figures=figures)
+                    corrupt=runs.corrupt, figures=figures, tabled=len(runs.tabled))
 
 
 def _write_csvs(out: Path, frames: dict[str, pd.DataFrame]) -> None:
@@ -131,7 +143,7 @@ def _write_csvs(out: Path, frames: dict[str, pd.DataFrame]) -> None:
 def _wandb_tables(frames: dict[str, pd.DataFrame], panels: list[Panel],
                   grids: dict[str, list[Grid]]) -> dict[str, pd.DataFrame]:
     """The frames to push: the CSVs but the per-run table, and every ε × α table as text."""
-    tables = {k: v for k, v in frames.items() if k != "runs"}
+    tables = {k: v for k, v in frames.items() if k != RUNS_TABLE}
     for p in panels:
         for g in grids.get(p.label, []):
             tables[f"eps_x_alpha/{p.slug}/{g.metric}"] = grid_frame(g)
@@ -139,8 +151,9 @@ def _wandb_tables(frames: dict[str, pd.DataFrame], panels: list[Panel],
 
 
 def aggregate_runs(runs: Runs) -> tuple[pd.DataFrame, list[Panel], list[str]]:
-    """Summary over seeds of the completed runs, and its panels."""
-    done = runs.completed
+    """Summary over seeds of the runs that enter means (completed and diverged: see
+    Runs.analysed), and its panels."""
+    done = runs.analysed
     if done.empty:
         return pd.DataFrame(), [], []
     keys = group_keys(done)
@@ -159,10 +172,10 @@ def _write(work: Path, runs: Runs, paths: list, summary: pd.DataFrame, panels: l
     """Every file of the analysis, into the folder `work`: the findings and the CSV frames."""
     (work / "plots").mkdir(parents=True, exist_ok=True)
     write_grids(panels, grids, work)
-    written = write_figures(panels, grids, keys, work, figure_formats)
+    written = write_figures(panels, grids, keys, work, figure_formats, runs.tabled)
     findings = _findings(runs, paths, panels, grids, [p for p in written if p.suffix == ".png"],
                          stats)
-    frames = {"runs": runs.table, "problems": runs.problems,
+    frames = {RUNS_TABLE: runs.table, PROBLEMS_TABLE: runs.problems,
               "summary": summary.drop(columns="_panel", errors="ignore"),
               **findings.answers.frames()}
     _write_csvs(work, frames)
@@ -175,6 +188,8 @@ def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None
             eps_axis: str = "smoothing", stats: StatsOptions | None = None,
             figure_formats: tuple[str, ...] = plots.FORMATS) -> Path:
     """Write runs/summary/problems CSVs, ε × α tables, plots and report.md; return the folder.
+    `paths`: folders of runs, or runs tables (the runs.csv of an earlier analysis, re-analysed
+    without its run folders: see analysis.load.is_runs_table).
     `eps_axis`: the tables' rows, "smoothing" (ε as configured) or "uniform_mass". `stats`:
     how claims are tested (correction, δ, minimum pairs); findings.csv holds every claim.
     Written beside the folder and put in its place when complete (analysis.output.staged); a
@@ -201,7 +216,7 @@ def analyse(paths: Sequence[str | Path] | str | Path, out_dir: str | Path | None
         if push_wandb:
             from analysis.wandb_push import push
 
-            push(_wandb_tables(frames, panels, grids), runs.completed, out,
+            push(_wandb_tables(frames, panels, grids), runs.analysed, out,
                  figures=[out / p.parent.name / p.name for p in findings.figures],
                  report=out / "report.md", study=default_out(paths).parent)
     except Stopped as stop:

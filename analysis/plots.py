@@ -76,7 +76,7 @@ def _draw_grid(ax, g: Grid, norm: Normalize, cmap: str):
         dark = 0.299 * r + 0.587 * gr + 0.114 * b > 0.5  # dark text on bright cells
         std, d = g.std.iat[i, j], max(1, g.spec.digits - 1)
         spread = "n/a" if math.isnan(std) else f"{std:.{d}f}"
-        ax.text(j, i, f"{v:.{d}f}\n± {spread} (n={g.n.iat[i, j]})", ha="center", va="center",
+        ax.text(j, i, f"{v:.{d}f}\n± {spread} (n={g.count(i, j)})", ha="center", va="center",
                 fontsize=FONT, color="k" if dark else "w",
                 fontweight="bold" if g.best.iat[i, j] else None)
     ax.set_xticks(range(mean.shape[1]), [fmt_value(v) for v in g.mean.columns])
@@ -177,15 +177,20 @@ def noise_plot(name: str, chosen: pd.DataFrame) -> Figure:
     return fig
 
 
-def read_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """test_acc per epoch of every run with a metrics log, with its α and ε."""
+def read_curves(runs: pd.DataFrame, leave_out: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """test_acc per epoch of every completed run with a metrics log, with its α and ε; not of
+    the run folders in `leave_out` (read from a runs table, which has no per-epoch metrics).
+    A diverged run's log stops at its collapse: in a mean per epoch it would change which runs
+    the mean is over from one epoch to the next."""
     frames = []
-    for r in runs.itertuples():
+    done = runs[(runs["status"] == "completed") & ~runs["run_dir"].isin(leave_out)]
+    for r in done.itertuples():
         recs = read_metrics(Path(r.run_dir) / METRICS_LOG)
         if not recs:
             continue
         f = pd.DataFrame(recs, columns=["epoch", "test_acc"]).dropna()
-        frames.append(f.assign(method=r.method, mixup_alpha=r.mixup_alpha, smoothing=r.smoothing))
+        frames.append(f.assign(method=r.method, mixup_alpha=r.mixup_alpha, smoothing=r.smoothing,
+                               run=r.run_dir))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -199,10 +204,10 @@ def curve_settings(panel: Panel, limit: int = 8) -> tuple[pd.DataFrame, str]:
     return chosen, f"one (α, ε) per method: {ways}"
 
 
-def training_curves(panel: Panel) -> Figure | None:
-    """Test accuracy (%) per epoch, mean over seeds with a ± std band, one line per cell;
-    None without metrics logs."""
-    curves = read_curves(panel.runs)
+def training_curves(panel: Panel, leave_out: frozenset[str] = frozenset()) -> Figure | None:
+    """Test accuracy (%) per epoch, mean over seeds with a ± std band, one line per cell, n the
+    runs drawn; None without metrics logs (see `read_curves` for the runs left out)."""
+    curves = read_curves(panel.runs, leave_out)
     if curves.empty:
         return None
     settings, what = curve_settings(panel)
@@ -215,7 +220,8 @@ def training_curves(panel: Panel) -> Figure | None:
         mean, std = by_epoch.mean(), by_epoch.std()
         color = COLORS.get(s.method) if per_method else f"C{i % 10}"
         _band(ax, mean.index.to_numpy(), 100 * mean.to_numpy(), 100 * std.to_numpy(), color,
-              f"{s.method} {cell_name(s.mixup_alpha, s.smoothing)} (n={s.n})", marker=None)
+              f"{s.method} {cell_name(s.mixup_alpha, s.smoothing)} (n={c['run'].nunique()})",
+              marker=None)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")

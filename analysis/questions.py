@@ -3,7 +3,8 @@
 Every "best" setting is picked on the noisy validation split (mean `best_val_acc`), never on
 test accuracy; the test accuracy of the picked cell is then an honest estimate. A cell picked
 on test accuracy is shown only as "optimistic (picked on test)". Comparisons pair the runs of
-two cells by replicate (seed, noise_seed)."""
+two cells by replicate (seed, noise_seed). Diverged runs are in both, at the values
+analysis.outcomes gives them (chance accuracy)."""
 
 from __future__ import annotations
 
@@ -194,11 +195,13 @@ CALIBRATION = ("final_test_ece", "final_test_ece_over", "final_test_ece_under",
 
 
 def calibration(panel: Panel) -> list[dict]:
-    """Calibration of the cell each method picks on validation (means over replicates)."""
+    """Calibration of the cell each method picks on validation (means over replicates; its
+    diverged runs, counted in n and n_diverged, have no calibration and are left out)."""
     rows = []
     for method, c in best_per_method(panel).items():
         rows.append({"panel": panel.label, "method": method, "mixup_alpha": c["mixup_alpha"],
-                     "smoothing": c["smoothing"], "n": int(c["n"])}
+                     "smoothing": c["smoothing"], "n": int(c["n"]),
+                     "n_diverged": int(c.get("n_diverged", 0))}
                     | {m: _mean(c, m) for m in CALIBRATION})
     return rows
 
@@ -227,7 +230,8 @@ def _narrow(panel: Panel, metric: str) -> Panel:
     of every metric's mean, std and count are what a large study's analysis spends its time
     on)."""
     means = [f"{m}_mean" for m in (metric, VAL, AT_BEST_VAL, *CALIBRATION)]
-    keep = ["mixup_alpha", "smoothing", "n", *(c for c in means if c in panel.cells)]
+    keep = ["mixup_alpha", "smoothing", "n", *(c for c in ("n_diverged", *means)
+                                                if c in panel.cells)]
     return replace(panel, cells=panel.cells[list(dict.fromkeys(keep))])
 
 

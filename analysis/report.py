@@ -13,6 +13,7 @@ import pandas as pd
 from analysis import findings
 from analysis.aggregate import Panel, fmt_value
 from analysis.questions import Answers
+from analysis.schema import CHANCE_METRICS
 from analysis.stats import EXACT_MAX_PAIRS, MONTE_CARLO_FLIPS, sign_flip_floor
 
 
@@ -39,6 +40,21 @@ class Findings:
     problems: pd.DataFrame
     corrupt: int
     figures: list[Path] = field(default_factory=list)
+    tabled: int = 0                 # runs read from a runs table (no per-epoch metrics)
+
+    @property
+    def diverged(self) -> pd.DataFrame:
+        """The cells where runs diverged: panel label, α, ε, n_diverged and n."""
+        cols = ["mixup_alpha", "smoothing", "n_diverged", "n"]
+        cells = [p.cells[cols].assign(panel=p.label) for p in self.panels
+                 if "n_diverged" in p.cells]
+        found = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=cols)
+        return found[found["n_diverged"] > 0]
+
+    @property
+    def n_analysed(self) -> int:
+        """Runs in the means: completed and diverged."""
+        return int(sum(p.cells["n"].sum() for p in self.panels))
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -63,7 +79,8 @@ def _method(f: Findings) -> list[str]:
             "*optimistic (picked on test)*.",
             "- **Paired comparisons.** Runs of two cells pair when they share `seed` and "
             "`noise_seed`; the effect is the mean paired difference of "
-            f"`{o.metric}` in percentage points (pp), with a t-based 95% CI (n/a where every "
+            f"`{o.metric}` in percentage points (pp; a diverged run at chance accuracy: see "
+            "*Diverged runs*), with a t-based 95% CI (n/a where every "
             "pair differs by the same amount: a zero-width interval would claim a certainty "
             "that a few agreeing replicates cannot give). p-values come from the exact "
             "sign-flip permutation test (Fisher 1935; Good 2005): every one of the 2^n sign "
@@ -104,12 +121,53 @@ def _reach(f: Findings) -> list[str]:
 
 def _header(f: Findings) -> list[str]:
     """What was analysed."""
+    n_diverged = int(f.diverged["n_diverged"].sum())
     return ["# Label smoothing on top of Mixup under noisy labels: analysis", "",
             f"Runs read from: {', '.join(f'`{p}`' for p in f.paths)}.",
-            f"{f.n_runs} runs with results, {f.n_completed} completed; {len(f.problems)} "
-            "problem runs (section 5). Only completed runs enter tables and means. Accuracies "
-            "are final test accuracy, mean ± std over replicate runs (n = runs: every training "
-            "seed and noise draw).", ""]
+            f"{f.n_runs} runs with results, {f.n_completed} completed, {n_diverged} diverged; "
+            f"{len(f.problems)} problem runs (section 5). Completed and diverged runs enter "
+            "tables and means, diverged ones at chance accuracy (see *Diverged runs*). "
+            "Accuracies are final test accuracy, mean ± std over replicate runs (n = runs: "
+            "every training seed and noise draw).", *_tabled(f), ""]
+
+
+def _tabled(f: Findings) -> list[str]:
+    """What a runs table as input leaves out of the figures."""
+    if not f.tabled:
+        return []
+    return [f"{f.tabled} runs were read from a runs table (`runs.csv`), which holds no "
+            "per-epoch metrics (`metrics.jsonl`): the training curves (`plots/*__curves.*`) "
+            "leave them out, and are not drawn where no run is left. Tables, claims and the "
+            "other figures are as from the run folders."]
+
+
+DIVERGED_RULE = (
+    "A run diverges when its training collapses (a non-finite, exploded or collapsed loss, or "
+    "training accuracy still at chance). Rule (intention to treat): a diverged run counts at "
+    "chance accuracy, 1/K with K the dataset's number of classes, in "
+    + ", ".join(f"`{m}`" for m in CHANCE_METRICS)
+    + " (the validation ones where the run has a validation split): in the cells' means, the "
+    "ε × α tables, the picks on validation and the paired comparisons, so that a setting that "
+    "often blows up (a large negative ε, say) cannot look better by losing its worst runs. "
+    "Metrics without a chance level (loss, ECE, NLL, Brier score, memorisation) leave "
+    "diverged runs out; their tables say how many (\"d diverged left out\"). A diverged run "
+    "without a recorded number of classes cannot be counted and is a problem run (section 5). "
+    "Training curves show completed runs only.")
+
+
+def _diverged(f: Findings) -> list[str]:
+    """How many runs diverged, per cell where any did, and how they are counted."""
+    d = f.diverged
+    out = ["## Diverged runs", ""]
+    if d.empty:
+        return out + [f"No run diverged. {DIVERGED_RULE}", ""]
+    t = pd.DataFrame({"setting": d["panel"],
+                      "cell": [findings.cell_text(a, e) for a, e in
+                               zip(d["mixup_alpha"], d["smoothing"])],
+                      "runs diverged": [f"{int(k)} of {int(n)}" for k, n in
+                                   zip(d["n_diverged"], d["n"])]})
+    return out + [f"{int(d['n_diverged'].sum())} of {f.n_analysed} runs diverged. "
+                  f"{DIVERGED_RULE}", "", "The cells where any did:", "", _md(t), ""]
 
 
 def _smoke(f: Findings) -> list[str]:
@@ -275,7 +333,7 @@ def _q5(f: Findings) -> list[str]:
     """The runs that are not in any mean."""
     out = ["## 5. Problem runs (not in any table or mean)", ""]
     if f.problems.empty:
-        return out + ["None: every run found completed.", ""]
+        return out + ["None: every run found completed or diverged.", ""]
     counts = f.problems["status"].value_counts().rename_axis("status").reset_index(name="runs")
     out += [_md(counts), "", _md(f.problems[["run_dir", "status", "error"]].fillna("")), ""]
     if f.corrupt:
@@ -328,6 +386,7 @@ def _q7(f: Findings) -> list[str]:
     t = pd.DataFrame({"setting": c["panel"], "method": c["method"],
                       "(α, ε)": [findings.cell_text(a, e) for a, e in
                                  zip(c["mixup_alpha"], c["smoothing"])], "n": c["n"],
+                      "diverged (left out)": c["n_diverged"],
                       "ECE after temp. scaling": c["final_test_ece_ts"].map(pct),
                       "ECE": c["final_test_ece"].map(pct),
                       "over-confident part": c["final_test_ece_over"].map(pct),
@@ -346,9 +405,10 @@ def write_report(f: Findings, path: Path) -> Path:
     """Write report.md."""
     parts = _header(f)
     if f.panels:
-        parts += _smoke(f) + _method(f) + _tables(f) + _q1(f) + _q2(f) + _q3(f) + _q4(f)
+        parts += _smoke(f) + _method(f) + _tables(f) + _diverged(f) + _q1(f) + _q2(f) + \
+            _q3(f) + _q4(f)
     else:
-        parts += ["No completed runs: nothing to aggregate.", ""]
+        parts += ["No completed or diverged runs: nothing to aggregate.", ""]
     parts += _q5(f)
     if f.panels:
         parts += _q6(f) + _q7(f)

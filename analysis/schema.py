@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from src.config import REPLICATES
 from src.run.records import METRICS as METRICS_LOG  # noqa: F401  (METRICS here: the metric keys)
-from src.run.records import RESULTS  # noqa: F401
+from src.run.records import RESULT_FIELDS, RESULTS  # noqa: F401
 
 # Aggregated over seeds (mean, std with ddof=1, n).
 METRICS = (
     "final_test_acc", "best_test_acc", "final_test_ece", "final_test_loss", "final_memorized",
     "final_recovered", "best_val_acc", "test_acc_at_best_val", "noise_rate_realized",
     "train_time_s",
+    # The mean test accuracy of the last trainer.last_k epochs, as Co-teaching's and JoCoR's
+    # tables report (--metric test_acc_last_k).
+    "test_acc_last_k",
     # Calibration at the last epoch: negative log-likelihood, Brier score, the over- and
     # under-confident parts of ECE, and ECE after temperature scaling (Guo et al., ICML 2017)
     # with the temperature fitted on the noisy validation split.
@@ -53,7 +56,7 @@ CONFIG_NOT_SETTINGS = frozenset({"trainer.seed", "noise.seed", "augmentation.nam
                                  "dataset.root", "dataset.download"})
 
 # Results written before the smoothing convention was recorded used s(y) = (1 - ε) y + ε / K
-# (src/augment.py then): smoothing over all classes, whose uniform mass is ε itself.
+# (src/data/crop_flip.py then): smoothing over all classes, whose uniform mass is ε itself.
 LEGACY_SMOOTHING_TO = "all"
 
 # Always grouped on (even when constant) so the tables say what they hold.
@@ -74,6 +77,23 @@ REQUIRED = ("status", "dataset", "model", "mixup_alpha", "smoothing", "noise", "
             "seed", "epochs")
 REQUIRED_COMPLETED = ("final_test_acc",)
 STATUSES = ("completed", "failed", "diverged", "interrupted")
+# The statuses that are training outcomes, and so enter means and comparisons: a run that
+# diverged trained as configured and collapsed (analysis.outcomes says what it counts as);
+# a failed or interrupted run says nothing about its setting.
+ANALYSED = ("completed", "diverged")
+# The accuracies: metrics with a chance level, 1 / K (what a diverged run counts as).
+CHANCE_METRICS = ("final_test_acc", "best_test_acc", "best_val_acc", "test_acc_at_best_val",
+                  "test_acc_last_k")
+# Of those, the ones measured on (or picked with) the noisy validation split: only runs with one
+# (val_fraction > 0) have them.
+VALIDATION_METRICS = ("best_val_acc", "test_acc_at_best_val")
+# Where a run records K, the number of classes, first found first: the dataset's setting in
+# `config` (flattened by the loader), or a top-level key.
+NUM_CLASSES = (CONFIG_PREFIX + "dataset.num_classes", "num_classes")
+# Text fields of the results contract (and the loader's own): read back from a runs table
+# (runs.csv) as text, so that an experiment named 2024 or a hash of digits stays what it was.
+TEXT_COLUMNS = frozenset({f.name for f in RESULT_FIELDS if f.type.startswith("str")}
+                         | {"results_mtime"})
 
 
 def config_columns(columns) -> list[str]:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.aggregate import Panel, fmt_value
 from analysis.errors import AnalysisError
-from analysis.schema import EPS_AXES
+from analysis.schema import CHANCE_METRICS, EPS_AXES
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class Grid:
     n: pd.DataFrame
     best: pd.DataFrame  # bool: the best cell(s)
     bolds: str = ""  # what the bold cell is, and why
+    diverged: pd.DataFrame | None = None  # runs per cell that diverged (None: not known)
 
     @property
     def title(self) -> str:
@@ -96,6 +97,16 @@ class Grid:
         """What rows and columns are, with the smoothing convention."""
         conv = f" (smoothing_to={self.convention})" if self.convention else ""
         return f"rows: {AXIS_TEXT[self.eps_axis][2]}{conv}; columns: Mixup α"
+
+    @property
+    def at_chance(self) -> bool:
+        """Whether the metric counts diverged runs (at chance) or leaves them out."""
+        return self.metric in CHANCE_METRICS
+
+    def count(self, i: int, j: int) -> str:
+        """How many runs cell (i, j) holds: 'n', with any diverged ones named."""
+        return count_text(int(self.n.iat[i, j]), 0 if self.diverged is None else
+                          int(self.diverged.iat[i, j]), self.at_chance)
 
     @property
     def empty(self) -> bool:
@@ -140,10 +151,12 @@ def grid(panel: Panel, metric: str, eps_axis: str = "smoothing") -> Grid:
     mean = _pivot(cells, row, f"{metric}_mean", spec.scale)
     std = _pivot(cells, row, f"{metric}_std", spec.scale)
     n = _pivot(cells, row, f"{metric}_n").fillna(0).astype(int)
+    diverged = _pivot(cells, row, "n_diverged").fillna(0).astype(int) \
+        if "n_diverged" in cells else None
     best, bolds = _bold(cells, row, metric, spec, mean)
     convention = panel.values.get("smoothing_to")
     return Grid(metric, spec, eps_axis, None if convention is None else str(convention),
-                mean, std, n, best, bolds)
+                mean, std, n, best, bolds, diverged)
 
 
 def _bold(cells: pd.DataFrame, row: str, metric: str, spec: TableMetric,
@@ -165,19 +178,28 @@ def _bold(cells: pd.DataFrame, row: str, metric: str, spec: TableMetric,
     return mean == target, spec.bolds  # all False when every cell is NaN
 
 
+def count_text(n: int, diverged: int = 0, at_chance: bool = True) -> str:
+    """'n' runs behind a mean, and how its diverged runs entered it: '5, 2 diverged at chance'
+    (counted in n) or '3, 2 diverged left out' (not in n)."""
+    if not diverged:
+        return str(n)
+    return f"{n}, {diverged} diverged {'at chance' if at_chance else 'left out'}"
+
+
 def cell_text(mean: float, std: float, n: int, pm: str = "±", na: str = "n/a",
-              digits: int = 2) -> str:
-    """'mean ± std (n)': std is n/a for a single seed, the whole cell n/a without values."""
+              digits: int = 2, count: str | None = None) -> str:
+    """'mean ± std (n)': std is n/a for a single seed, the whole cell n/a without values;
+    `count` in place of n where it says more (see `count_text`)."""
     if n == 0 or math.isnan(mean):
         return na
     s = na if math.isnan(std) else f"{std:.{digits}f}"
-    return f"{mean:.{digits}f} {pm} {s} ({n})"
+    return f"{mean:.{digits}f} {pm} {s} ({count or n})"
 
 
 def _texts(g: Grid, pm: str, na: str) -> pd.DataFrame:
     """The grid's cells as text."""
     return pd.DataFrame([[cell_text(g.mean.iat[i, j], g.std.iat[i, j], g.n.iat[i, j], pm, na,
-                                    g.spec.digits)
+                                    g.spec.digits, g.count(i, j))
                           for j in range(g.mean.shape[1])] for i in range(g.mean.shape[0])],
                         index=g.mean.index, columns=g.mean.columns)
 
@@ -223,7 +245,15 @@ def to_latex(g: Grid, caption: str, label: str) -> str:
 
 def caption(g: Grid, panel: Panel) -> str:
     """What the table holds: panel, metric, cells and axes."""
-    return f"{panel.label}: {g.title}, mean ± std (n seeds); {g.axes}"
+    return f"{panel.label}: {g.title}, mean ± std (n seeds); {g.axes}{_diverged_note(g)}"
+
+
+def _diverged_note(g: Grid) -> str:
+    """How the table's diverged runs, if any, entered its means."""
+    if g.diverged is None or not g.diverged.to_numpy().any():
+        return ""
+    return ("; diverged runs counted at chance accuracy (1/K)" if g.at_chance else
+            "; diverged runs left out (no chance level for this metric)")
 
 
 def notes(g: Grid) -> str:

@@ -44,7 +44,8 @@ def method(alpha: float, eps: float) -> str:
 
 def config(rate: float, alpha: float, eps: float, **kw) -> dict:
     """The `config` object of a result: every training setting, dotted keys (no seeds)."""
-    return {"dataset.name": "digits", "dataset.val_fraction": 0.2, "dataset.val_seed": 0,
+    return {"dataset.name": "digits", "dataset.num_classes": 10, "dataset.val_fraction": 0.2,
+            "dataset.val_seed": 0,
             "dataset.root": None, "model.name": "cnn", "model.channels": [16, 32],
             "augmentation.name": "mixup_smoothing", "augmentation.mixup_alpha": alpha,
             "augmentation.smoothing": eps, "augmentation.smoothing_to": "all",
@@ -96,12 +97,17 @@ def cell_dir(study: Path, rate: float, alpha: float, eps: float, seed: int) -> P
     return study / f"noise.rate={rate},alpha={alpha},eps={eps}" / f"seed={seed}"
 
 
+# The cell of the planted diverged run (seed 3), and what it counts as there: chance, 1/K.
+DIVERGED_CELL, CHANCE = (0.4, 0.0, 0.0), 1 / 10
+
+
 def make_study(study: Path) -> None:
     """The planted grid plus failed, diverged, interrupted, unfinished and corrupt runs."""
     for (rate, alpha, eps), accs in ACC.items():
         for seed, acc in enumerate(accs):
             write_run(cell_dir(study, rate, alpha, eps, seed), result(rate, alpha, eps, seed, acc))
-    # Absurd accuracies: any of them in a mean would move it far from the planted one.
+    # Absurd accuracies: any of them in a mean would move it far from the planted one (the
+    # diverged run's recorded one too: it counts at chance, whatever it recorded).
     bad = {"failed": 99.0, "diverged": -50.0, "interrupted": 42.0}
     for seed, (status, acc) in enumerate(bad.items(), start=2):
         write_run(cell_dir(study, 0.4, 0.0, 0.0, seed),
@@ -134,17 +140,21 @@ def summary_row(folder: Path, rate: float, alpha: float, eps: float) -> pd.Serie
 def test_summary_has_hand_computed_means_stds_and_counts(planted):
     _, folder, _, _ = planted
     assert folder == planted[0] / "analysis"
-    for (rate, alpha, eps), accs in ACC.items():
-        row = summary_row(folder, rate, alpha, eps)
-        assert row["n"] == len(accs) == row["final_test_acc_n"]
-        assert row["final_test_acc_mean"] == pytest.approx(sum(accs) / len(accs))
-        if len(accs) > 1:
-            assert row["final_test_acc_std"] == pytest.approx(statistics.stdev(accs))
+    for cell, accs in ACC.items():
+        row = summary_row(folder, *cell)
+        diverged = [CHANCE] if cell == DIVERGED_CELL else []
+        values, best = accs + diverged, [a + 0.01 for a in accs] + diverged
+        assert row["n"] == len(values) == row["final_test_acc_n"]
+        assert row["n_diverged"] == len(diverged)
+        assert row["final_test_acc_mean"] == pytest.approx(sum(values) / len(values))
+        if len(values) > 1:
+            assert row["final_test_acc_std"] == pytest.approx(statistics.stdev(values))
         else:
             assert math.isnan(row["final_test_acc_std"])
-        assert row["best_test_acc_mean"] == pytest.approx(sum(accs) / len(accs) + 0.01)
-    # Failed (99), diverged (-50) and interrupted (42) runs stay out: mean of 0.60, 0.64 only.
-    assert summary_row(folder, 0.4, 0.0, 0.0)["final_test_acc_mean"] == pytest.approx(0.62)
+        assert row["best_test_acc_mean"] == pytest.approx(sum(best) / len(best))
+    # Failed (99) and interrupted (42) runs stay out; the diverged one (it recorded -50) counts
+    # at chance: the mean of 0.60, 0.64 and 0.10.
+    assert summary_row(folder, *DIVERGED_CELL)["final_test_acc_mean"] == pytest.approx(1.34 / 3)
 
 
 def test_missing_seed_shows_as_n1(planted):
@@ -159,15 +169,17 @@ def test_missing_seed_shows_as_n1(planted):
 def test_problems_are_listed_and_not_averaged(planted):
     study, folder, stdout, stderr = planted
     probs = pd.read_csv(folder / "problems.csv")
-    assert sorted(probs["status"]) == sorted(["failed", "diverged", "interrupted",
-                                              "unfinished", "corrupt", "corrupt"])
+    # The diverged run is no problem: it is an outcome, in the means at chance.
+    assert sorted(probs["status"]) == sorted(["failed", "interrupted", "unfinished", "corrupt",
+                                              "corrupt"])
     unfinished = probs[probs.status == "unfinished"].iloc[0]
     assert unfinished["run_dir"] == str(cell_dir(study, 0.4, 0.4, 0.0, 5))
     runs = pd.read_csv(folder / "runs.csv")
     assert len(runs) == sum(map(len, ACC.values())) + 3  # + failed, diverged, interrupted
-    assert "6 runs not in any mean" in stdout
+    assert "5 runs not in any mean" in stdout
+    assert "1 diverged runs counted at chance accuracy" in stdout
     report = (folder / "report.md").read_text()
-    assert "## 5. Problem runs" in report and "diverged!" in report
+    assert "## 5. Problem runs" in report and "failed!" in report and "interrupted!" in report
 
 
 def test_corrupt_results_are_named_skipped_and_counted(planted, tmp_path):
@@ -200,7 +212,8 @@ def test_best_eps_picked_on_validation_and_tested_paired(planted):
     # Paired on the seed: differences 0.10 and 0.08. Of the 4 sign assignments, the observed
     # one and its mirror reach |0.18|: the exact sign-flip p-value is 2/4.
     assert row.effect_pp == pytest.approx(9.0) and row.n_pairs == 2
-    assert row.p == 0.5 and row.test == "paired sign-flip (exact)"
+    # ε = 0's diverged seed 3 has no partner at ε = 0.1: unpaired, and said so.
+    assert row.p == 0.5 and row.test == "paired sign-flip (exact; 1 unpaired runs left out)"
     half = stats.t.ppf(0.975, 1) * statistics.stdev([0.10, 0.08]) / math.sqrt(2)
     assert (row.ci_low_pp, row.ci_high_pp) == pytest.approx((100 * (0.09 - half),
                                                              100 * (0.09 + half)))
