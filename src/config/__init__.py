@@ -55,6 +55,20 @@ BATCHABLE_KEYS: tuple[str, ...] = (
 )
 
 
+# Keys added after runs were recorded, each with the value that does what runs did before it
+# existed. At that value a key is left out of a run's fingerprint and of its settings record
+# (results.json `config`), so every run recorded before the key existed keeps its identity:
+# it is skipped as completed, and the analysis pools it with new runs of the same settings.
+ADDED_KEYS: dict[str, Any] = {
+    "noise.sampling": "exact",
+    "trainer.decay_start": 0,
+    "trainer.beta1_after_decay": None,
+    "trainer.steps_per_epoch": None,
+    "trainer.normalize": True,
+    "trainer.last_k": 10,
+}
+
+
 def sweep_dirname_excludes() -> list[str]:
     """The keys a sweep folder's name leaves out (Hydra's override_dirname.exclude_keys)."""
     return [SEED_FOLDER_KEY, *EXECUTION_KEYS, *LOCATION_KEYS, *LAUNCH_KEYS]

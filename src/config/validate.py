@@ -137,7 +137,12 @@ TRAINER = {
     "optimizer": choice("sgd", "adamw"), "lr": number(0, 100, lo_open=True),
     "momentum": number(0, 1, hi_open=True), "nesterov": BOOL, "weight_decay": number(0, 1),
     "decay_all": BOOL,
-    "schedule": choice("cosine", "multistep", "constant"),
+    "schedule": choice("cosine", "multistep", "constant", "linear"),
+    "decay_start": integer(0), "beta1_after_decay": Rule(
+        lambda v: v is None or (_finite(v) and 0 <= v < 1), "null or a number in [0, 1)"),
+    "steps_per_epoch": Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                            "null (the whole training split) or an integer >= 1"),
+    "normalize": BOOL, "last_k": integer(1),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
     "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),
     "device": STR, "amp": choice(*AMP_CHOICES),
@@ -227,6 +232,7 @@ def validate(cfg: DictConfig) -> None:
     check_section("logger", lg, LOGGER[lg["name"]])
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
     check_augmentation(plain["augmentation"], plain["model"]["name"], ds, plain["trainer"])
+    check_schedule(plain["trainer"])
     check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"],
                          str(plain["trainer"]["amp"]))
 
@@ -262,6 +268,17 @@ def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any]
         raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
                           f"{INPUT!r} with CutMix (cutmix_alpha > 0 or a cutmix_minmax)",
                           hint="CutMix pastes image boxes: it mixes the input only")
+
+
+def check_schedule(trainer: Mapping[str, Any]) -> None:
+    """The schedule's keys fit together: a decay start inside the run, beta1 only for Adam."""
+    if trainer["schedule"] == "linear" and trainer["decay_start"] > trainer["epochs"]:
+        raise ConfigError("trainer.decay_start", trainer["decay_start"],
+                          f"an epoch <= trainer.epochs = {trainer['epochs']}",
+                          hint="the linear decay would never start")
+    if trainer["beta1_after_decay"] is not None and trainer["optimizer"] != "adamw":
+        raise ConfigError("trainer.beta1_after_decay", trainer["beta1_after_decay"],
+                          "null with trainer.optimizer=sgd", hint="beta1 is Adam's momentum")
 
 
 def check_parallel_seeds(seeds: list[int], model: Mapping[str, Any], amp: str) -> None:

@@ -16,9 +16,11 @@ Models (the `noise` config group, `noise.name`):
 - `human`: CIFAR-10N real human annotations of Wei et al., "Learning with Noisy Labels
   Revisited: A Study Using Real-World Human Annotations", ICLR 2022.
 
-`asymmetric` and `pairflip` flip an exact count per class, not a per-sample Bernoulli draw
-as Patrini et al.'s and Han et al.'s code does: the realised per-class rate is then exact
-and identical across studies. Rounding is half-up: floor(rate * n + 0.5).
+`symmetric`, `asymmetric` and `pairflip` flip an exact count (per class for the last two) by
+default, `noise.sampling: exact`: the realised rate is then exact and identical across
+studies (rounding half-up: floor(rate * n + 0.5)). `noise.sampling: per_sample` draws each
+label from its row of the transition matrix instead, as Patrini et al.'s, Han et al.'s and
+Wei et al.'s code does, so the realised rate varies around `rate`.
 
 Randomness: symmetric, asymmetric and pairflip draw from `np.random.default_rng(noise.seed)`;
 instance noise draws from `np.random.RandomState(noise.seed)`, the stream the authors'
@@ -69,7 +71,8 @@ from src.noise.records import (
 
 __all__ = [
     "CIFAR10_MAP", "CIFAR100_COARSE", "CIFAR100_GROUPS", "FEATURE_SCALINGS", "LABEL_SETS",
-    "MNIST_MAP", "NOISE_KEYS", "NOISE_MODELS", "NoiseResult", "NoiseSpec", "asymmetric_map",
+    "MNIST_MAP", "NOISE_KEYS", "NOISE_MODELS", "SAMPLINGS", "NoiseResult", "NoiseSpec",
+    "asymmetric_map",
     "check_noise_config", "cifar100_consecutive_map", "cifar100_superclass_map",
     "inject_noise", "noise_metrics", "read_label_file", "resolve_noise_config", "save_noise",
     "transition_matrix",
@@ -80,11 +83,16 @@ NOISE_MODELS: tuple[str, ...] = ("none", "symmetric", "asymmetric", "pairflip", 
 # The keys each model accepts besides `name`, with their defaults. `human`'s file and
 # label_set have no default (None): a config must set them.
 _COMMON: dict[str, Any] = {"rate": 0.0, "seed": 0}
+# How a transition-matrix model draws: `exact` flips a fixed count (round(rate * n) of the
+# samples, or of each class's); `per_sample` draws every label from its row of the transition
+# matrix, as Han et al.'s and Wei et al.'s code (`multiclass_noisify`) does, so the realised
+# rate varies around `rate`. Results under the two are never pooled (a setting each).
+SAMPLINGS: tuple[str, ...] = ("exact", "per_sample")
 NOISE_KEYS: dict[str, dict[str, Any]] = {
     "none": dict(_COMMON),
-    "symmetric": {**_COMMON, "include_true_class": False},
-    "asymmetric": {**_COMMON, "groups": "consecutive"},
-    "pairflip": dict(_COMMON),
+    "symmetric": {**_COMMON, "include_true_class": False, "sampling": "exact"},
+    "asymmetric": {**_COMMON, "groups": "consecutive", "sampling": "exact"},
+    "pairflip": {**_COMMON, "sampling": "exact"},
     "instance": {**_COMMON, "norm_std": 0.1, "feature_scaling": "none"},
     "human": {**_COMMON, "file": None, "label_set": None},
 }
@@ -128,13 +136,14 @@ def inject_noise(
         given = true.copy()
     elif spec.name == "symmetric":
         given = models.symmetric(true, num_classes, spec.rate, opts["include_true_class"],
-                                 np.random.default_rng(spec.seed))
-    elif spec.name == "asymmetric":
-        mapping = asymmetric_map(dataset, num_classes, opts["groups"])
-        given = models.flip_to_partner(true, mapping, spec.rate, np.random.default_rng(spec.seed))
-    elif spec.name == "pairflip":
-        given = models.flip_to_partner(true, models.pair_map(num_classes), spec.rate,
-                                       np.random.default_rng(spec.seed))
+                                 np.random.default_rng(spec.seed),
+                                 per_sample=opts["sampling"] == "per_sample")
+    elif spec.name in ("asymmetric", "pairflip"):
+        mapping = (asymmetric_map(dataset, num_classes, opts["groups"])
+                   if spec.name == "asymmetric" else models.pair_map(num_classes))
+        given = models.flip_to_partner(true, mapping, spec.rate,
+                                       np.random.default_rng(spec.seed),
+                                       per_sample=opts["sampling"] == "per_sample")
     elif spec.name == "instance":
         given = models.instance(true, num_classes, images, spec.rate, opts["norm_std"],
                                 opts["feature_scaling"], np.random.RandomState(spec.seed))
@@ -203,6 +212,10 @@ def _check_options(
     name: str, values: dict[str, Any], k: int, dataset: str
 ) -> dict[str, Any]:
     """The model's own keys, checked; returns them as plain Python values."""
+    if "sampling" in values and values["sampling"] not in SAMPLINGS:
+        raise ConfigError("noise.sampling", values["sampling"], f"one of {list(SAMPLINGS)}",
+                          hint="exact: a fixed count of flips; per_sample: each label drawn "
+                               "from the transition matrix (Co-teaching's and JoCoR's code)")
     if name == "symmetric":
         if not isinstance(values["include_true_class"], bool):
             raise ConfigError("noise.include_true_class", values["include_true_class"],

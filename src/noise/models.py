@@ -56,11 +56,15 @@ def flip_count(rate: float, n: int) -> int:
 
 
 def symmetric(
-    true: np.ndarray, k: int, rate: float, include_true_class: bool, rng: np.random.Generator
+    true: np.ndarray, k: int, rate: float, include_true_class: bool, rng: np.random.Generator,
+    per_sample: bool = False,
 ) -> np.ndarray:
-    """Relabel round(rate * N) random samples uniformly: other classes, or all K classes."""
+    """Relabel round(rate * N) random samples uniformly: other classes, or all K classes.
+    `per_sample`: each sample independently with probability `rate` (its label then drawn
+    from its transition-matrix row: 1 - rate on the diagonal, rate / (K - 1) elsewhere)."""
     given = true.copy()
-    idx = rng.choice(true.size, size=flip_count(rate, true.size), replace=False)
+    idx = (np.flatnonzero(rng.random(true.size) < rate) if per_sample else
+           rng.choice(true.size, size=flip_count(rate, true.size), replace=False))
     if include_true_class:
         given[idx] = rng.integers(0, k, size=idx.size)
     else:
@@ -73,10 +77,17 @@ def symmetric(
 
 
 def flip_to_partner(
-    true: np.ndarray, mapping: Mapping[int, int], rate: float, rng: np.random.Generator
+    true: np.ndarray, mapping: Mapping[int, int], rate: float, rng: np.random.Generator,
+    per_sample: bool = False,
 ) -> np.ndarray:
-    """Flip exactly round(rate * n_c) random samples of each mapped class c to mapping[c]."""
+    """Flip exactly round(rate * n_c) random samples of each mapped class c to mapping[c];
+    `per_sample`: each sample of a mapped class independently with probability `rate`."""
     given = true.copy()
+    if per_sample:
+        flips = rng.random(true.size) < rate
+        for src in sorted(mapping):
+            given[(true == src) & flips] = mapping[src]
+        return given
     for src in sorted(mapping):  # sorted: the draw order, hence the result, is fixed
         members = np.flatnonzero(true == src)
         chosen = rng.choice(members, size=flip_count(rate, members.size), replace=False)

@@ -10,15 +10,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import EXECUTION_KEYS, LOCATION_KEYS, REPLICATE_KEYS
+from src.config import ADDED_KEYS, EXECUTION_KEYS, LOCATION_KEYS, REPLICATE_KEYS
 
 SECTIONS = ("dataset", "model", "augmentation", "noise", "trainer")
 
 
 def _drop(section: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """`section` without the dotted `keys` that belong to it."""
+    """`section` without the dotted `keys` that belong to it, nor the keys added later that
+    hold the value runs had before them (src.config.ADDED_KEYS)."""
     own = {k.split(".", 1)[1] for k in keys if k.startswith(name + ".")}
-    return {k: v for k, v in section.items() if k not in own}
+    return {k: v for k, v in section.items()
+            if k not in own and not at_added_default(f"{name}.{k}", v)}
+
+
+def at_added_default(key: str, value: Any) -> bool:
+    """Whether `key` is one added later and holds the value that does what runs did before."""
+    return key in ADDED_KEYS and value == ADDED_KEYS[key]
 
 
 def fingerprint(cfg: DictConfig, inputs: dict[str, dict[str, Any]] | None = None) -> str:
@@ -88,7 +95,8 @@ def flat_settings(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section in SECTIONS:
         flat = flatten(OmegaConf.to_container(cfg[section], resolve=True), section)
-        out.update({k: v for k, v in flat.items() if k not in left_out and v != {}})
+        out.update({k: v for k, v in flat.items()
+                    if k not in left_out and v != {} and not at_added_default(k, v)})
     return out
 
 

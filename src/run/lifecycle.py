@@ -198,7 +198,7 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
             raise
         finally:
             for m, g, history in zip(members, groups, state.histories):
-                m.record.update(summarise(history))
+                m.record.update(summarise(history, int(m.cfg.trainer.last_k)))
                 m.record["epochs_done"] = history[-1]["epoch"] if history else 0
                 m.record["finished_at"] = now_iso()
                 write_json_atomic(m.run_dir / RESULTS, m.record)

@@ -77,6 +77,8 @@ SUMMARY_FIELDS: tuple[Field, ...] = (
     Field("best_test_acc", "float", "test accuracy at the best evaluated epoch (optimistic: "
           "picked on test)"),
     Field("best_epoch", "int", "epoch of best_test_acc"),
+    Field("test_acc_last_k", "float", "mean test accuracy over the last trainer.last_k (10) "
+          "evaluated epochs, the number Co-teaching's and JoCoR's tables report"),
     Field("final_test_loss", "float", "test cross entropy at the last epoch"),
     Field("final_test_ece", "float", "15-bin expected calibration error at the last epoch"),
     Field("final_memorized", "float or null", "last epoch: fraction of corrupted training "
@@ -118,15 +120,17 @@ EPOCH_FIELDS: tuple[str, ...] = (
 )
 
 
-def summarise(history: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(history: list[dict[str, Any]], last_k: int = 10) -> dict[str, Any]:
     """The summary fields of a run from its per-epoch records (empty without any)."""
     if not history:
         return {}
     last = history[-1]
     best = max(history, key=lambda r: r["test_acc"])
+    tail = [r["test_acc"] for r in history[-last_k:]]
     out = {
         "final_test_acc": last["test_acc"], "best_test_acc": best["test_acc"],
-        "best_epoch": best["epoch"], "final_test_loss": last["test_loss"],
+        "best_epoch": best["epoch"], "test_acc_last_k": sum(tail) / len(tail),
+        "final_test_loss": last["test_loss"],
         "final_test_ece": last["test_ece"], "final_memorized": last.get("memorized"),
         "final_recovered": last.get("recovered"), "best_val_acc": None,
         "test_acc_at_best_val": None, "final_test_nll": last["test_loss"],

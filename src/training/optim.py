@@ -34,13 +34,17 @@ def build_optimizer(decay: list[torch.Tensor], no_decay: list[torch.Tensor],
 
 
 def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], float]:
-    """The schedule as a function of the step: warm-up, then cosine, multistep or constant."""
+    """The schedule as a function of the step: warm-up, then cosine, multistep, constant, or
+    linear: constant before epoch `decay_start` (1-based), then (E + 1 - e) / (E + 1 -
+    decay_start) at epoch e of E, set once an epoch as Co-teaching's code (Han et al. 2018)
+    sets its alpha_plan: with E = 199 trained epochs and decay_start = 80 its exact plan."""
     total = int(cfg["epochs"]) * steps_per_epoch
     warmup = int(float(cfg["warmup_epochs"]) * steps_per_epoch)
     epochs = int(cfg["epochs"])
     # Milestones up to 1 are fractions of the run, larger ones are epochs.
     milestones = [m * epochs if m <= 1 else m for m in cfg["milestones"]]
     gamma, kind = float(cfg["gamma"]), cfg["schedule"]
+    decay_start = int(cfg["decay_start"])
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -51,6 +55,10 @@ def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], f
         if kind == "multistep":
             epoch = step / steps_per_epoch
             return gamma ** sum(epoch >= m for m in milestones)
+        if kind == "linear":
+            epoch = step // steps_per_epoch + 1
+            start = max(decay_start, 1)
+            return 1.0 if epoch < start else (epochs + 1 - epoch) / (epochs + 1 - start)
         return 1.0
 
     return factor
@@ -66,6 +74,14 @@ class Optimisation:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, steps_per_epoch))
         self.scaler = scaler
+        self.beta1_after, self.decay_start = cfg["beta1_after_decay"], int(cfg["decay_start"])
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Once an epoch (1-based): Adam's beta1 from `decay_start` on, as Co-teaching's code
+        sets betas=(0.1, 0.999) with its lr decay (the optimizer's state keeps it on resume)."""
+        if self.beta1_after is not None and epoch >= max(self.decay_start, 1):
+            for group in self.optimizer.param_groups:
+                group["betas"] = (float(self.beta1_after), group["betas"][1])
 
     def update(self, loss: torch.Tensor,
                mask_grads: Callable[[], None] | None = None) -> None:

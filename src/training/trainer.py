@@ -150,8 +150,11 @@ class Trainer:
         self.epochs_done = 0  # finished epochs: when smoothing starts
         n = len(data.train)
         self.batch_size = min(int(cfg["batch_size"]), n)
-        # Fixed batch shapes (drop the last partial batch) keep compiled kernels reusable.
+        # Fixed batch shapes (drop the last partial batch) keep compiled kernels reusable;
+        # trainer.steps_per_epoch caps an epoch (Co-teaching's num_iter_per_epoch).
         self.steps_per_epoch = max(n // self.batch_size, 1)
+        if cfg["steps_per_epoch"] is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, int(cfg["steps_per_epoch"]))
         # Every random draw of a member comes from its two generators, seeded by its seed.
         self.gens = [torch.Generator(device=dev).manual_seed(s) for s in self.seeds]
         self.np_rngs = [np.random.default_rng(s) for s in self.seeds]
@@ -195,8 +198,9 @@ class Trainer:
     # ------------------------------------------------------------- shared
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images to normalised floats."""
-        return (x.float().div_(255) - self.data.mean) / self.data.std
+        """uint8 images to normalised floats (to [0, 1] only with trainer.normalize=false)."""
+        x = x.float().div_(255)
+        return (x - self.data.mean) / self.data.std if self.cfg["normalize"] else x
 
     @property
     def lr(self) -> float:
@@ -205,6 +209,7 @@ class Trainer:
     def begin_epoch(self) -> None:
         """Draw each member's sample order and mixing (lambdas, CutMix boxes) for the epoch."""
         n, steps = len(self.data.train), self.steps_per_epoch
+        self.optim.begin_epoch(self.epochs_done + 1)
         order = torch.stack([torch.randperm(n, generator=g, device=self.device)
                              for g in self.gens])
         lams = cut = boxes = None
