@@ -145,7 +145,7 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
 def changed_since(cfg: DictConfig, results: dict[str, Any]) -> str:
     """What changed since the run, as far as its records tell: the input files whose content
     differs from the recorded one, by key and path, else the suite's fingerprinting."""
-    from src.train import changed_inputs
+    from src.run.preflight import changed_inputs
 
     changed = changed_inputs(cfg, results)
     if changed:

@@ -33,6 +33,10 @@ def cifar_like(tmp_path_factory):
         noisy[: 10 * (i + 1)] = (noisy[: 10 * (i + 1)] + 1) % 10
         labels[key] = noisy
     torch.save(labels, d / "CIFAR-10_human.pt")
+    np.savez(d / "m.npz", x_train=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+             y_train=np.arange(300) % 10, x_test=rng.integers(0, 256, (40, 28, 28),
+                                                            dtype=np.uint8),
+             y_test=np.arange(40) % 10)  # MNIST-shaped
     return d
 
 
@@ -56,9 +60,12 @@ CASES = {
                                              "augmentation.smoothing=0,0.1"],
     "cifar10n": TINY_GPU_STUDY + ["noise.label_set=aggre,worse", "augmentation=none,mixup",
                                   "dataset.val_fraction=0"],
+    "repro_jocor_mnist": ["trainer.epochs=2", "trainer.decay_start=1",
+                          "trainer.steps_per_epoch=2", "noise.rate=0.2,0.5", "trainer.seed=1,2"],
 }
 EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 6,
-                 "mixup_paper_cifar10": 4, "cifar10n": 4, "gls_noise": 4}
+                 "mixup_paper_cifar10": 4, "cifar10n": 4, "gls_noise": 4,
+                 "repro_jocor_mnist": 4}
 
 
 def test_every_experiment_file_has_a_case():
@@ -73,6 +80,8 @@ def test_experiment_runs_as_a_real_multirun(tmp_path, cifar_like, name):
         extra.append(f"dataset.npz={cifar_like / 'c.npz'}")
     if name == "cifar10n":
         extra.append(f"noise.file={cifar_like / 'CIFAR-10_human.pt'}")
+    if name == "repro_jocor_mnist":
+        extra.append(f"dataset.npz={cifar_like / 'm.npz'}")
     analyse = name == "quickstart"  # the analysis callback is tested once, on the quickstart
     out = run_module([f"+experiment={name}"] + extra + ([] if analyse else NO_ANALYSIS),
                      cwd=tmp_path, timeout=600)

@@ -28,7 +28,6 @@ BAD = [
     (["trainer.optimizer=adam"], "trainer.optimizer"),
     (["trainer.schedule=linearly"], "trainer.schedule"),
     (["trainer.decay_start=-1"], "trainer.decay_start"),
-    (["trainer.schedule=linear", "trainer.decay_start=31"], "trainer.decay_start"),
     (["trainer.beta1_after_decay=1.0"], "trainer.beta1_after_decay"),
     (["trainer.beta1_after_decay=0.1"], "trainer.beta1_after_decay"),  # with sgd
     (["trainer.steps_per_epoch=0"], "trainer.steps_per_epoch"),

@@ -271,11 +271,8 @@ def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any]
 
 
 def check_schedule(trainer: Mapping[str, Any]) -> None:
-    """The schedule's keys fit together: a decay start inside the run, beta1 only for Adam."""
-    if trainer["schedule"] == "linear" and trainer["decay_start"] > trainer["epochs"]:
-        raise ConfigError("trainer.decay_start", trainer["decay_start"],
-                          f"an epoch <= trainer.epochs = {trainer['epochs']}",
-                          hint="the linear decay would never start")
+    """The schedule's keys fit together: beta1 only for Adam. (A decay start after the last
+    epoch is allowed: a short smoke run of a protocol keeps its lr constant.)"""
     if trainer["beta1_after_decay"] is not None and trainer["optimizer"] != "adamw":
         raise ConfigError("trainer.beta1_after_decay", trainer["beta1_after_decay"],
                           "null with trainer.optimizer=sgd", hint="beta1 is Adam's momentum")
