@@ -219,6 +219,27 @@ def test_cuda_graph_training_and_evaluation_match_eager():
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_fp32_cuda_graph_evaluation_of_several_batches_keeps_every_batch():
+    """trainer.amp=off under CUDA graphs: each evaluation batch is copied out of the graph's
+    output buffer (under fp32 .float() is that buffer itself, which the next replay
+    overwrites), so a split of several batches predicts as the eager model does."""
+    model_cache.clear()
+    torch._dynamo.reset()
+    gpu = Execution(torch.device("cuda"), None, channels_last=False)
+    data = tiny_data("cuda")
+    preds = []
+    for compile_ in (False, "reduce-overhead"):
+        model = model_cache.fresh_model(CNN, (3, 8, 8), 4, gpu, seed=0)
+        tr = SingleTrainer(model, data, {**TRAINER, "compile": compile_, "eval_batch_size": 8},
+                           {"mixup_alpha": 0.0, "smoothing": 0.0}, gpu, seed=0)
+        preds.append(tr.predict(data.test.x))
+    assert len(data.test.x) > 8  # several evaluation batches
+    torch.testing.assert_close(preds[0], preds[1], rtol=1e-3, atol=1e-3)
+    model_cache.clear()
+    torch._dynamo.reset()
+
+
 def test_decay_all_puts_every_parameter_under_weight_decay():
     """trainer=cifar decays biases and norm weights too, as the Mixup paper's code does."""
     data = tiny_data()

@@ -468,8 +468,10 @@ class SingleTrainer(Trainer):
                 xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
             if self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            with self.execution.autocast():  # .float() copies out of the graph's output buffer
-                out.append(self.forward(self.normalise(xb))[:n].float())
+            # A copy out of the CUDA graph's output buffer, which the next replay overwrites:
+            # .float() alone copies under bf16 but returns the buffer itself under fp32.
+            with self.execution.autocast():
+                out.append(self.forward(self.normalise(xb))[:n].to(torch.float32, copy=True))
         return torch.cat(out)[None]
 
     def _weights(self) -> dict[str, Any]:
