@@ -10,7 +10,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.complete
 ARGS ?=
 EXP ?= quickstart
-RUNS ?= outputs/quickstart
+# Where runs and studies go (paths.output_dir): OUT=/tmp/x, or a paths.output_dir=... in ARGS.
+# Training targets pass it on, and `make demo` / `make analysis` read the report from there.
+OUT ?= $(or $(patsubst paths.output_dir=%,%,$(lastword $(filter paths.output_dir=%,$(ARGS)))),outputs)
+OUT_ARG := $(if $(filter paths.output_dir=%,$(ARGS)),,$(if $(filter-out outputs,$(OUT)),paths.output_dir=$(OUT)))
+RUNS ?= $(OUT)/quickstart
 
 .DEFAULT_GOAL := help
 .PHONY: help install train demo sweep analysis test test-fast lint clean clean-outputs venv-path bench
@@ -37,17 +41,17 @@ install: $(STAMP) ## Build the environment and install the project in it (consol
 	$(INSTALL_PROJECT)
 	@echo "environment: $(VENV)"
 
-train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override)
-	$(PY) -m src.train $(ARGS)
+train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override; OUT=DIR: runs go to DIR, default outputs)
+	$(PY) -m src.train $(OUT_ARG) $(ARGS)
 
-demo: $(STAMP) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores)
-	$(PY) -m src.train +experiment=quickstart hydra.callbacks.analysis.quiet=true $(ARGS)
-	@cat outputs/quickstart/analysis/report.md
+demo: $(STAMP) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores; OUT=DIR: in DIR/quickstart)
+	$(PY) -m src.train +experiment=quickstart hydra.callbacks.analysis.quiet=true $(OUT_ARG) $(ARGS)
+	@cat $(OUT)/quickstart/analysis/report.md
 
-sweep: $(STAMP) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."]
-	$(PY) -m src.train +experiment=$(EXP) $(ARGS)
+sweep: $(STAMP) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."] [OUT=DIR]
+	$(PY) -m src.train +experiment=$(EXP) $(OUT_ARG) $(ARGS)
 
-analysis: $(STAMP) ## Tables, plots and report of finished runs: make analysis RUNS=outputs/NAME
+analysis: $(STAMP) ## Tables, plots and report of finished runs: make analysis RUNS=outputs/NAME (default OUT/quickstart)
 	$(PY) -m analysis $(RUNS)
 
 test: $(STAMP) ## Run the test suite (what CI runs)

@@ -23,7 +23,9 @@ arithmetic is not the batched one's.
   noise.KEY=VALUE) draws them, for the very images the run trained on, so memorized/recovered
   say what the model does with another corruption; test and validation stay the run's.
 
-The record goes to eval.json beside results.json (atomically; a new evaluation replaces it).
+The record goes to eval.json beside results.json (atomically). Earlier evaluations are kept:
+a new one first moves the previous eval.json to eval-N.json (N = 1, 2, ... in the order they
+were made), so eval.json is always the newest.
 Bad input (no folder, no weights, a config that fails validation) is one paragraph and exit
 code 2, and nothing is written.
 """
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
@@ -138,8 +142,22 @@ def evaluate(ckpt_path: str | Path, which: str = "last", temperature: str = "non
                     changed_since(cfg, results))
     if temperature == "fit":
         record.update(temperature_scaling(trainer, data))
+    keep_previous(run_dir)
     write_json_atomic(run_dir / EVAL, record)
     return record
+
+
+def keep_previous(run_dir: Path) -> Path | None:
+    """Move the run's eval.json, if any, to eval-N.json (the next free N): a new evaluation
+    never overwrites an earlier one. Where it went, or None."""
+    current = run_dir / EVAL
+    if not current.is_file():
+        return None
+    taken = [int(m.group(1)) for p in run_dir.glob("eval-*.json")
+             if (m := re.fullmatch(r"eval-(\d+)\.json", p.name))]
+    kept = run_dir / f"eval-{max(taken, default=0) + 1}.json"
+    os.replace(current, kept)
+    return kept
 
 
 def changed_since(cfg: DictConfig, results: dict[str, Any]) -> str:

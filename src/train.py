@@ -29,8 +29,12 @@ from omegaconf import DictConfig
 
 import src.config  # noqa: F401  (registers the resolver conf/hydra/default.yaml uses)
 from src.config.entry import check_command_line
+from src.errors import ConfigError
+from src.files import read_json
 from src.run import preflight
+from src.run.closing import resume_command, run_summary, shown_path
 from src.run.preflight import LaunchedJob, job_failed, parallel_job_number, run_jobs
+from src.run.records import RESULTS
 from src.sweep.validation import install as install_sweep_validation
 from src.training.threads import REGISTRY as THREAD_REGISTRY
 
@@ -38,6 +42,9 @@ __all__ = ["LaunchedJob", "cli", "main", "train", "train_batch"]
 
 # An absolute path, so the entry works however it is imported (module, test, launcher).
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# The folder of this process's single run (not a sweep's jobs), once Hydra has made it: a
+# stopped run names the command that resumes it there.
+SINGLE_RUN: list[Path] = []
 
 
 def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[str, Any]:
@@ -63,11 +70,18 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra's entry: returns the final test accuracy (for sweepers that optimise it)."""
     hydra_cfg = HydraConfig.get()
     group, multirun = hydra_cfg.job.override_dirname, hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(cfg.paths.run_dir)
+    if not multirun:
+        SINGLE_RUN[:] = [run_dir]
     try:
         results = train(cfg, group=group, spread=parallel_job_number())
     except Exception as err:
-        job_failed(Path(cfg.paths.run_dir), err, multirun)
+        if not multirun and not isinstance(err, ConfigError):  # a refusal writes no run
+            print(run_summary(run_dir, read_json(run_dir / RESULTS), cfg), flush=True)
+        job_failed(run_dir, err, multirun)  # outside a sweep: exits
         return None  # one failed job must not end the sweep
+    if not multirun:  # a sweep's jobs end with the sweep's summary instead
+        print(run_summary(run_dir, results, cfg), flush=True)
     return results.get("final_test_acc")
 
 
@@ -86,6 +100,9 @@ def cli() -> None:
         main()
     except Stopped as stop:
         print(f"{stop}: what could be saved was saved.", file=sys.stderr)
+        if SINGLE_RUN:  # its folder has a timestamp: the same command would start anew
+            print(f"run folder: {shown_path(SINGLE_RUN[0])}\nresume it with:\n  "
+                  f"{resume_command(SINGLE_RUN[0])}", file=sys.stderr, flush=True)
         stop.hand_on()  # submitit requeues the job from its own handler
         sys.exit(stop.exit_code)
     if preflight.FAILED_JOBS:

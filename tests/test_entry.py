@@ -149,3 +149,18 @@ def test_make_clean_outputs_needs_force(make_sandbox):
     assert "nothing to delete" in _make(make_sandbox, "clean-outputs").stdout
     helped = _make(make_sandbox, "help").stdout
     assert "make clean-outputs" in helped and "keeps outputs/" in helped
+
+
+@pytest.mark.parametrize("how", [["OUT=/tmp/x"], ["ARGS=paths.output_dir=/tmp/x"]])
+def test_make_demo_and_analysis_read_the_report_from_the_output_folder(make_sandbox, how):
+    demo = _make(make_sandbox, "-n", "demo", *how).stdout
+    assert "paths.output_dir=/tmp/x" in demo
+    assert "cat /tmp/x/quickstart/analysis/report.md" in demo
+    assert "outputs/quickstart" not in demo
+    assert "-m analysis /tmp/x/quickstart" in _make(make_sandbox, "-n", "analysis", *how).stdout
+    assert "OUT=DIR" in _make(make_sandbox, "help").stdout
+
+
+def test_make_without_out_keeps_the_default_outputs_folder(make_sandbox):
+    demo = _make(make_sandbox, "-n", "demo").stdout
+    assert "paths.output_dir" not in demo and "cat outputs/quickstart/analysis/report.md" in demo

@@ -218,3 +218,14 @@ def test_a_changed_archive_is_named_in_evals_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="src.eval"):
         assert evaluate(run_dir)["fingerprint_matches_run"] is False
     assert f"the content of dataset.npz ({data}) changed since the run" in caplog.text
+
+
+def test_a_second_evaluation_keeps_the_first_as_eval_1(run):
+    first = evaluate(run)
+    second = evaluate(run, temperature="fit")
+    assert read_json(run / "eval.json") == json.loads(json.dumps(second))  # the newest
+    assert read_json(run / "eval-1.json") == json.loads(json.dumps(first))
+    evaluate(run)
+    assert read_json(run / "eval-2.json")["temperature"] == second["temperature"]
+    assert sorted(p.name for p in run.glob("eval*.json")) == \
+        ["eval-1.json", "eval-2.json", "eval.json"]
