@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -14,3 +16,9 @@ class ConfigError(ValueError):
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """'did you mean X?' for the known name closest to a misspelt one, else ''."""
+    close = difflib.get_close_matches(word, [str(k) for k in known], n=1)
+    return f"did you mean {close[0]}?" if close else ""

@@ -51,11 +51,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from src.config.entry import REFUSED, compose_command_line, did_you_mean, refusal
+from src.config.entry import REFUSED, compose_command_line, refusal
 from src.config.validate import choice, validate
 from src.data.arrays import load_arrays, stratified_split
 from src.data.tensors import Split, TrainData, prepare_data
-from src.errors import ConfigError
+from src.errors import ConfigError, did_you_mean
 from src.files import read_json, write_json_atomic
 from src.noise import inject_noise
 from src.run.identity import fingerprint

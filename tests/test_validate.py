@@ -79,3 +79,9 @@ def test_good_configs_pass():
     for overrides in ([], ["augmentation=mixup_smoothing"], ["noise=symmetric", "model=mlp"],
                       ["model=lstm", "logger=wandb", "logger.mode=offline"]):
         validate(make_cfg(overrides, run_dir="/nonexistent"))
+
+
+def test_an_added_misspelt_nested_key_suggests_the_known_one(tmp_path):
+    """`+trainer.epoch=3` composes (the + adds it) and is refused with the key it meant."""
+    with pytest.raises(ConfigError, match=r"trainer\.epoch=3.*did you mean epochs\?"):
+        validate(make_cfg(["+trainer.epoch=3"], run_dir=tmp_path))

@@ -10,17 +10,15 @@ cannot be written) is found here first, on the config the command composes.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from src.errors import ConfigError
+from src.errors import ConfigError, did_you_mean
 
 EXIT_BAD_INPUT = 2
 SWEEP_FLAGS = ("-m", "--multirun")
@@ -43,12 +41,6 @@ def refuse(err: BaseException, action: str = "trained") -> NoReturn:
     """Print the refusal on stderr and exit with status 2."""
     print(refusal(err, action), file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """'did you mean X?' for the known name closest to a misspelt one, else ''."""
-    close = difflib.get_close_matches(word, [str(k) for k in known], n=1)
-    return f"did you mean {close[0]}?" if close else ""
 
 
 def missing_option(err: MissingConfigException) -> BaseException:

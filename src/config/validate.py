@@ -18,7 +18,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from src.config.options import AMP_CHOICES, COMPILE_MODES, WANDB_MODES
 from src.data.arrays import DATASETS
-from src.errors import ConfigError
+from src.errors import ConfigError, did_you_mean
 from src.noise import check_noise_config
 
 
@@ -188,7 +188,7 @@ def check_section(prefix: str, values: Mapping[str, Any], spec: Mapping[str, Any
         full = f"{prefix}.{key}" if prefix else key
         if key not in spec:
             raise ConfigError(full, value, f"a known key of {prefix or 'the root config'}: "
-                              f"{sorted(spec)}")
+                              f"{sorted(spec)}", hint=did_you_mean(key, spec))
         rule = spec[key]
         if isinstance(rule, Mapping):
             if not isinstance(value, Mapping):
