@@ -38,6 +38,14 @@ def test_runs_and_sweeps_write_under_outputs():
     assert "trainer.seed" in cfg.hydra.job.config.override_dirname.exclude_keys
 
 
+def test_where_the_data_lies_is_not_part_of_a_sweep_folders_name():
+    """paths.data_dir names where archives are found, not what a run is: a study resumed with
+    the data elsewhere finds its runs (the archive's content is in the fingerprint)."""
+    cfg = make_cfg([], hydra_config=True)
+    excluded = cfg.hydra.job.config.override_dirname.exclude_keys
+    assert {"paths.data_dir", "paths.output_dir", "dataset.npz"} <= set(excluded)
+
+
 def test_every_dataset_declares_its_shape_classes_and_augmentation():
     for p in (CONF / "dataset").glob("*.yaml"):
         ds = OmegaConf.load(p)

@@ -41,8 +41,8 @@ SEED_FOLDER_KEY = "trainer.seed"
 # Keys of the launch, the logger and the output folders: never part of what a run is.
 LAUNCH_KEYS: tuple[str, ...] = (
     "experiment", "skip_completed", "logger", "logger.mode", "logger.project", "logger.entity",
-    "paths.output_dir", "hydra.launcher.n_jobs", "hydra.launcher.max_members", "hydra/launcher",
-    "debug", "local",
+    "paths.output_dir", "paths.data_dir", "hydra.launcher.n_jobs", "hydra.launcher.max_members",
+    "hydra/launcher", "debug", "local",
 )
 # What may differ between runs trained together as one batched model: each member's draws come
 # from its own generators seeded by its seed, its lambdas from its own alpha, and its loss takes
