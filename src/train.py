@@ -82,7 +82,9 @@ def main(cfg: DictConfig) -> float | None:
         return None  # one failed job must not end the sweep
     if not multirun:  # a sweep's jobs end with the sweep's summary instead
         print(run_summary(run_dir, results, cfg), flush=True)
-    return results.get("final_test_acc")
+    # A sweeper optimising the return value must not see a diverged run's last good number.
+    return results.get("final_test_acc") if results.get("status", "completed") == "completed" \
+        else None
 
 
 def cli() -> None:

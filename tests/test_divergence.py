@@ -143,3 +143,42 @@ def test_a_batched_fp16_sweep_gives_each_run_its_separate_accuracy(tmp_path):
                                run_dir=tmp_path / f"alone{e}"))
         assert "trained_with" not in r
         assert r["final_test_acc"] == alone["final_test_acc"]
+
+
+def test_the_chance_rule_counts_passes_over_the_data_not_capped_epochs():
+    """With trainer.steps_per_epoch capping an epoch, five short epochs are not three passes:
+    a model still at chance then is not yet judged."""
+    assert divergence(stats(2.3, acc=0.1), 5, 10, True, passes=0.5) is None
+    assert "chance" in divergence(stats(2.3, acc=0.1), 5, 10, True, passes=3.0)
+
+
+def test_a_resumed_batch_keeps_its_diverged_member_and_a_rerun_skips_it(tmp_path):
+    """The batch's checkpoint holds why a member diverged: resumed from it (its records lost,
+    as after a pre-emption), the member is diverged again, not left "running"; and a rerun of
+    the finished sweep skips a diverged run as final (trained again it could survive)."""
+    jobs = [LaunchedJob(cfg_in(cell(0.0, e, 0, ["trainer.keep_checkpoint=true"]),
+                               tmp_path / f"e={e}"), group=f"e={e}")
+            for e in (0.0, 0.1, -10000.0)]
+    train_batch(jobs)
+    paths = [Path(j.cfg.paths.run_dir) / "results.json" for j in jobs]
+    first = [read_json(p) for p in paths]
+    assert [r["status"] for r in first] == ["completed", "completed", "diverged"]
+    for p in paths:  # records lost; the kept checkpoint (in the first member's folder) stays
+        p.unlink()
+    train_batch(jobs)
+    again = [read_json(p) for p in paths]
+    assert [r["status"] for r in again] == ["completed", "completed", "diverged"]
+    assert again[2]["error"] == first[2]["error"]
+    before = paths[2].stat().st_mtime_ns
+    train_batch(jobs)
+    assert paths[2].stat().st_mtime_ns == before  # skipped, not trained again
+
+
+def test_a_linear_decay_starting_after_the_last_epoch_keeps_the_lr():
+    from src.config import with_defaults
+    from src.training.optim import lr_factor
+
+    cfg = with_defaults("trainer", "coteaching", {"epochs": 79})
+    factor = lr_factor(with_defaults("trainer", "default", cfg), 10)
+    assert [factor(s) for s in (0, 789)] == [1.0, 1.0]  # every trained step: constant
+    assert factor(790) == 0.0  # the scheduler's step after the last one: no division by zero

@@ -191,13 +191,24 @@ def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
     for task in tasks:
         try:
             key, size = batch_key(task), len(task.trainer.get("parallel_seeds") or []) or 1
-            alone = cannot_stack(task.model, str(task.trainer.amp)) is not None
+            alone = cannot_stack(task.model, planned_amp(str(task.trainer.amp))) is not None
         except Exception:  # reported by the job itself, alone
             key, size, alone = None, 1, True
         keys.append(key)
         sizes.append(size)
         batchable.append(not alone)
     return plan_batches(keys, sizes, max_members, batchable)
+
+
+def planned_amp(amp: str) -> str:
+    """The precision `trainer.amp` resolves to on this machine: `auto` is fp16 on a GPU without
+    bf16 (src.training.device.resolve_amp), whose runs are trained one at a time."""
+    if amp != "auto":
+        return amp
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return "fp16" if cuda and not torch.cuda.is_bf16_supported() else amp
 
 
 def _log_to_folders(jobs: list[ComposedJob]) -> list[logging.Handler]:

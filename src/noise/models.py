@@ -60,8 +60,9 @@ def symmetric(
     per_sample: bool = False,
 ) -> np.ndarray:
     """Relabel round(rate * N) random samples uniformly: other classes, or all K classes.
-    `per_sample`: each sample independently with probability `rate` (its label then drawn
-    from its transition-matrix row: 1 - rate on the diagonal, rate / (K - 1) elsewhere)."""
+    `per_sample`: each sample independently with probability `rate`, its new label drawn as
+    above (so its transition-matrix row has 1 - rate on the diagonal and rate / (K - 1)
+    elsewhere for the other classes; 1 - rate + rate / K with include_true_class)."""
     given = true.copy()
     idx = (np.flatnonzero(rng.random(true.size) < rate) if per_sample else
            rng.choice(true.size, size=flip_count(rate, true.size), replace=False))

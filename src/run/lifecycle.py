@@ -79,10 +79,13 @@ class JobState:
     images: list[int] = field(default_factory=list)
     eval_s: float = 0.0
     active: list[bool] = field(default_factory=list)
+    # Why each member that stopped diverged (None while it trains): kept, so that a resumed
+    # job records it again instead of leaving the member's status "running".
+    diverged: list[str | None] = field(default_factory=list)
 
     @classmethod
     def fresh(cls, k: int) -> JobState:
-        return cls(0, [[] for _ in range(k)], [0.0] * k, [0] * k, 0.0, [True] * k)
+        return cls(0, [[] for _ in range(k)], [0.0] * k, [0] * k, 0.0, [True] * k, [None] * k)
 
 
 def results_header(cfg: DictConfig, group: str, noisy: Any, execution: Execution,
@@ -181,6 +184,11 @@ def run_job(cfgs: list[DictConfig], group: str | list[str] = "", spread: int | N
             trainer = build_trainer(cfgs, data, execution)
             key = job_fingerprint(members)
             state = _resume(cfgs, trainer, dirs[0], state, key)
+            for m, active, why in zip(members, state.active, state.diverged or
+                                      [None] * len(members)):
+                if not active:  # it diverged before the checkpoint: its outcome stands
+                    m.record["status"] = "diverged"
+                    m.record["error"] = why or "diverged before the checkpoint it resumed from"
             if len(members) == 1:  # one open W&B run at a time: live for a single member
                 resumed = state.epoch > 0 or trainer.epoch_state is not None
                 members[0].logger = _open_logger(members[0], groups[0], resumed)
@@ -341,7 +349,8 @@ EXPLODED_LOSS = 100.0
 # from such runaway logits, never from a model that is learning. Targets without negative
 # entries give a loss >= 0.
 COLLAPSED_LOG_PROB = 100.0
-# After this many epochs a model still at chance on its training labels is not learning.
+# After this many passes over the training split a model still at chance on its training
+# labels is not learning (passes, not epochs: trainer.steps_per_epoch may cap an epoch).
 CHANCE_EPOCHS = 3
 
 
@@ -351,10 +360,11 @@ def collapse_bound(mass: float, num_classes: int) -> float:
 
 
 def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: bool,
-               mass: float = 0.0) -> str | None:
+               mass: float = 0.0, passes: float | None = None) -> str | None:
     """Why a member's epoch says it diverged, or None: a non-finite loss, a loss exploded
     upwards or collapsed downwards (below `collapse_bound` of its uniform mass `mass`), or
-    training accuracy still at chance after CHANCE_EPOCHS epochs."""
+    training accuracy still at chance after CHANCE_EPOCHS passes over the training split
+    (`passes`: images seen / split size; epochs when not given)."""
     if not st.finite:
         return f"non-finite training loss ({st.loss}) in epoch {epoch}"
     bound = EXPLODED_LOSS * math.log(num_classes)
@@ -365,7 +375,8 @@ def divergence(st: EpochStats, epoch: int, num_classes: int, labels_learnable: b
         return (f"training loss {st.loss:.4g} below {floor:.4g} in epoch {epoch}: the logits "
                 f"ran away (a log-probability under -{COLLAPSED_LOG_PROB:g} at uniform mass "
                 f"{mass:g})")
-    if labels_learnable and epoch >= CHANCE_EPOCHS and st.acc <= 1 / num_classes + 0.01:
+    seen = epoch if passes is None else passes
+    if labels_learnable and seen >= CHANCE_EPOCHS and st.acc <= 1 / num_classes + 0.01:
         return (f"training accuracy {st.acc:.4f} still at chance (1/K = {1 / num_classes:.4f})"
                 f" after {epoch} epochs")
     return None
@@ -387,9 +398,12 @@ def _record_training(members: list[Member], stats: list[EpochStats], state: JobS
         state.train_s[k] += st.seconds
         state.images[k] += st.images
         mass = float(members[k].record.get("smoothing_uniform_mass") or 0.0)
-        why = divergence(st, epoch, k_classes, learnable, mass)
+        passes = state.images[k] / max(len(data.train), 1)  # epochs may be capped
+        why = divergence(st, epoch, k_classes, learnable, mass, passes)
         if why is not None:
             state.active[k] = False
+            if len(state.diverged) == len(state.active):
+                state.diverged[k] = why
             trainer.stop_member(k)
             rec = members[k].record
             rec["status"], rec["error"] = "diverged", why

@@ -33,6 +33,8 @@ from src.run.records import RESULTS
 
 log = logging.getLogger(__name__)
 _SEED_DIR = re.compile(r"seed=\d+$")
+# Outcomes a rerun skips (skip_completed=false trains them again).
+FINAL = ("completed", "diverged")
 # The jobs of this process's sweep that did not complete, listed when it ends (src.train).
 FAILED_JOBS: list[str] = []
 
@@ -72,7 +74,8 @@ def job_results(done: list[dict[str, Any]]) -> dict[str, Any]:
     """A job's results: its one run's, or {"final_test_acc": the mean, "runs": each run's}."""
     if len(done) == 1:
         return done[0]
-    accs = [r["final_test_acc"] for r in done if r.get("final_test_acc") is not None]
+    accs = [r["final_test_acc"] for r in done
+            if r.get("status") == "completed" and r.get("final_test_acc") is not None]
     return {"final_test_acc": sum(accs) / len(accs) if accs else None, "runs": done}
 
 
@@ -171,8 +174,10 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     same = done.get("config_fingerprint") == fingerprint(cfg)
     status = done.get("status")
-    if status == "completed" and same:
-        log.info("skipping %s: results.json says completed", run_dir)
+    # A diverged run is an outcome as final as a completed one: training it again until it
+    # survives would keep only the survivors (the analysis counts it at chance).
+    if status in FINAL and same:
+        log.info("skipping %s: results.json says %s", run_dir, status)
         return done
     if not same:
         changed = "".join(f": the content of {k} changed" for k in changed_inputs(cfg, done))

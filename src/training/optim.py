@@ -58,7 +58,10 @@ def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], f
         if kind == "linear":
             epoch = step // steps_per_epoch + 1
             start = max(decay_start, 1)
-            return 1.0 if epoch < start else (epochs + 1 - epoch) / (epochs + 1 - start)
+            if epoch < start:
+                return 1.0
+            # max(): the scheduler's step after the last one, and a start after the run
+            return max(epochs + 1 - epoch, 0) / max(epochs + 1 - start, 1)
         return 1.0
 
     return factor
