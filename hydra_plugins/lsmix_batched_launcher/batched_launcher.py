@@ -184,6 +184,7 @@ def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
     read from (it fails validation in its job) is a batch of its own."""
     from src.config.validate import cannot_stack
     from src.run.batches import batch_key, plan_batches
+    from src.training.device import resolve_execution
 
     keys: list[str | None] = []
     sizes: list[int] = []
@@ -191,24 +192,15 @@ def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
     for task in tasks:
         try:
             key, size = batch_key(task), len(task.trainer.get("parallel_seeds") or []) or 1
-            alone = cannot_stack(task.model, planned_amp(str(task.trainer.amp))) is not None
+            # The precision a run resolves to here (amp=auto: fp16 on a GPU without bf16).
+            amp = resolve_execution(task.trainer).amp
+            alone = cannot_stack(task.model, amp) is not None
         except Exception:  # reported by the job itself, alone
             key, size, alone = None, 1, True
         keys.append(key)
         sizes.append(size)
         batchable.append(not alone)
     return plan_batches(keys, sizes, max_members, batchable)
-
-
-def planned_amp(amp: str) -> str:
-    """The precision `trainer.amp` resolves to on this machine: `auto` is fp16 on a GPU without
-    bf16 (src.training.device.resolve_amp), whose runs are trained one at a time."""
-    if amp != "auto":
-        return amp
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return "fp16" if cuda and not torch.cuda.is_bf16_supported() else amp
 
 
 def _log_to_folders(jobs: list[ComposedJob]) -> list[logging.Handler]:
