@@ -54,6 +54,7 @@ from omegaconf.errors import MissingMandatoryValue
 from src.config.entry import REFUSED, compose_command_line, refusal
 from src.config.validate import choice, validate
 from src.data.arrays import load_arrays, stratified_split
+from src.data.subset import subset_indices
 from src.data.tensors import Split, TrainData, prepare_data
 from src.errors import ConfigError, did_you_mean
 from src.files import read_json, write_json_atomic
@@ -264,9 +265,11 @@ def relabel_training_split(data: TrainData, cfg: DictConfig, run_labels: np.ndar
     another noise draw), for the same images: the run's split is carved on its own noisy
     labels (src.data.tensors.prepare_data), so its indices come from `run_labels`."""
     ds = cfg.dataset
+    pool = subset_indices(ds, len(run_labels), int(cfg.noise.seed))
+    pool = np.arange(len(run_labels)) if pool is None else pool
     frac = float(ds.get("val_fraction", 0.0))
-    idx = (stratified_split(run_labels, frac, int(ds.get("val_seed", 0)))[0] if frac > 0
-           else np.arange(len(run_labels)))
+    idx = (pool[stratified_split(run_labels[pool], frac, int(ds.get("val_seed", 0)))[0]]
+           if frac > 0 else pool)
     if not np.array_equal(run_labels[idx], data.train.y.cpu().numpy()):
         raise RuntimeError("the training split differs from prepare_data's: "
                            "relabel_training_split must carve it as prepare_data does")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import noise as noise_lib
 from src.data.arrays import load_arrays, stratified_split
+from src.data.subset import subset_indices
 
 
 @dataclass
@@ -97,10 +98,16 @@ def prepare_data(cfg: DictConfig, device: torch.device, channels_last: bool,
     x_test = to_device(key + ("x_test",), arrays.x_test, device, channels_last)
     given = torch.from_numpy(noisy.given_labels).to(device)
     true = torch.from_numpy(noisy.true_labels).to(device)
+    pool = subset_indices(ds, len(noisy.given_labels), int(cfg.noise.seed))
+    pool_labels = noisy.given_labels
+    if pool is not None:  # dataset.train_subset: after the noise, before the split
+        pool_labels = noisy.given_labels[pool]
+        keep = torch.from_numpy(pool).to(device)
+        x_train, given, true = x_train[keep], given[keep], true[keep]
     frac, val = float(ds.get("val_fraction", 0.0)), None
     if frac > 0:
         # Stratified on the labels a practitioner has: the noisy ones.
-        tr, va = stratified_split(noisy.given_labels, frac, int(ds.get("val_seed", 0)))
+        tr, va = stratified_split(pool_labels, frac, int(ds.get("val_seed", 0)))
         train_idx, val_idx = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
         val = Split(x_train[val_idx], given[val_idx])
         x_train, given, true = x_train[train_idx], given[train_idx], true[train_idx]

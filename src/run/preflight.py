@@ -28,6 +28,7 @@ from src.config.validate import validate
 from src.errors import ConfigError
 from src.files import read_json
 from src.run.identity import fingerprint
+from src.run.init_from import check_parents
 from src.run.lock import RunBusy
 from src.run.records import RESULTS
 
@@ -98,6 +99,7 @@ def run_jobs(jobs: list[LaunchedJob], spread: int | None = None,
             validate(job.cfg)
             check_data(job.cfg)
             members = member_configs(job.cfg)
+            check_parents(members)  # each seed's, where an interpolation picks it
             ready[j] = (members, [completed_results(m) for m in members])
         except Exception as err:
             failed([j], err)
@@ -125,11 +127,24 @@ def check_data(cfg: DictConfig) -> None:
     an image and leaves the training split a batch: checked before any folder or record is
     written (the dataset's size is known only once it is loaded)."""
     from src.data.arrays import load_arrays  # cached: a sweep reads each archive once
+    from src.data.subset import subset_indices, subset_size
 
     labels = load_arrays(cfg.dataset).y_train
+    size = subset_size(cfg.dataset, len(labels))
+    if size is not None:
+        check_subset(cfg.dataset.train_subset, size, len(labels))
+        labels = labels[subset_indices(cfg.dataset, len(labels), int(cfg.noise.seed))]
     frac, batch = float(cfg.dataset.val_fraction), int(cfg.trainer.batch_size)
     if frac > 0:
         check_val_split(labels, int(cfg.dataset.num_classes), frac, batch)
+
+
+def check_subset(value: Any, size: int, n: int) -> None:
+    """dataset.train_subset keeps at least one image and at most the training set."""
+    if not 1 <= size <= n:
+        raise ConfigError("dataset.train_subset", value, f"null (every image), a count from 1 "
+                          f"to {n} (this training set's size), or a fraction in (0, 1) that "
+                          f"keeps at least one image", hint=f"it would keep {size} of {n} images")
 
 
 def check_val_split(labels: Any, k: int, frac: float, batch: int) -> None:
@@ -190,12 +205,14 @@ def completed_results(cfg: DictConfig) -> dict[str, Any] | None:
 
 def changed_inputs(cfg: DictConfig, done: dict[str, Any]) -> dict[str, str]:
     """The input files (by key, with their path) whose content differs from what the run's
-    results record (results.json `inputs`)."""
+    results record (results.json `inputs`); for the run it started from, also its identity
+    (a parent retrained, src.run.init_from)."""
     from src.run.identity import input_records
 
     before = done.get("inputs") or {}
     return {k: v["path"] for k, v in input_records(cfg).items()
-            if k in before and before[k].get("hash") != v["hash"]}
+            if k in before and (before[k].get("hash") != v["hash"]
+                                or before[k].get("fingerprint") != v.get("fingerprint"))}
 
 
 def parallel_job_number() -> int | None:
