@@ -16,6 +16,7 @@ batch; here every batch is validated first, so that a refused sweep leaves nothi
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,13 @@ def validate_then_sweep(self: Any, sweep: Callable[[list[str]], Any],
             for job in batch]
     validate_distinct_overrides(self, jobs)
     setattr(self, _VALIDATED, True)
+    if self.config.get("plan") is not False:  # plan=true: show what would run, write nothing
+        from src.sweep.plan import check_plan, describe
+
+        check_plan(self.config.get("plan"))
+        print(describe(self.hydra_context.config_loader, self.config,
+                       parser.parse_overrides(params), jobs), flush=True)
+        sys.exit(0)
     return sweep(arguments)
 
 

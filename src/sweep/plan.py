@@ -1,0 +1,230 @@
+"""`plan=true`: what a sweep or a study would run, before it runs. Nothing is trained or written.
+
+    python -m src.train +experiment=answer plan=true
+    python -m src.train -m model=mlp,cnn augmentation.smoothing=0,0.1 plan=true
+
+It prints the grid (each swept key and its values), the number of runs, how many of them are
+already finished in their folders (a results.json that says completed or diverged: the sweep
+skips those), and an estimate of the time the rest would take.
+
+The estimate is measured, not guessed: for each distinct setting of everything but the
+replicate and batchable keys (src.config), one job is composed, its model takes a few training
+steps at its batch size and a few evaluation forwards on random images of its dataset's shape
+on this machine, and a run is `epochs x training steps x step time + evaluations x evaluated
+images (training split, validation, test) x time per image`, plus a fixed start-up cost.
+Runs are counted one at a time: the batched launcher (stacked members) and parallel
+launchers finish sooner. Wall time on a busy machine is longer: the step times are the
+fastest of several, what the machine does undisturbed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import BATCHABLE_KEYS, REPLICATE_KEYS, SEED_FOLDER_KEY
+
+FINAL = ("completed", "diverged")  # what a sweep skips (src.run.preflight.completed_results)
+# One run's start-up in a sweep process (compose, records, model, first evaluation), measured
+# on a 2-core CPU for the small models; large models' start-up is inside their step time.
+STARTUP_S = 1.5
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The measured cost of one run of a setting."""
+
+    step_s: float
+    eval_image_s: float
+    steps_per_epoch: int
+    eval_images: int
+    epochs: int
+    evaluations: int
+
+    @property
+    def run_s(self) -> float:
+        return (STARTUP_S + self.epochs * self.steps_per_epoch * self.step_s
+                + self.evaluations * self.eval_images * self.eval_image_s)
+
+
+def axes(overrides: Sequence[Override]) -> list[tuple[str, list[str]]]:
+    """The swept keys of a sweep and their values, in the order given."""
+    return [(o.get_key_element(), [str(v) for v in o.sweep_string_iterator()])
+            for o in overrides if o.is_sweep_override()]
+
+
+def job_folder(cfg: DictConfig, parsed: list[Override], seed: Any) -> Path:
+    """A job's run folder, as conf/hydra/default.yaml names it (`hydra.sweep.subdir`)."""
+    names = cfg.hydra.job.config.override_dirname
+    dirname = get_overrides_dirname(parsed, exclude_keys=list(names.exclude_keys),
+                                    item_sep=names.item_sep, kv_sep=names.kv_sep)
+    return Path(str(cfg.hydra.sweep.dir)) / dirname / f"seed={seed}"
+
+
+def finished(folder: Path) -> bool:
+    """Does the folder hold a run the sweep would skip?"""
+    try:
+        return json.loads((folder / "results.json").read_text()).get("status") in FINAL
+    except (OSError, ValueError):
+        return False
+
+
+def setting_key(overrides: Sequence[str]) -> tuple[str, ...]:
+    """A job's overrides without the replicate and batchable keys: jobs with the same key
+    cost the same."""
+    skip = (*REPLICATE_KEYS, *BATCHABLE_KEYS)
+    return tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
+
+
+def _step_seconds(cfg: DictConfig, batch: int) -> tuple[float, float]:
+    """The time of a training step (forward, backward, SGD update) of the run's model at its
+    batch size, and of an evaluated image (a forward at the evaluation batch size), on random
+    images of its dataset's shape."""
+    from src.models import build_model
+
+    shape = tuple(int(v) for v in cfg.dataset.image_shape)
+    k = int(cfg.dataset.num_classes)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), shape, k)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = torch.randn(batch, *shape), torch.randint(0, k, (batch,))
+    times = []
+    for i in range(12):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if i >= 2:  # the first steps warm the allocator up
+            times.append(time.perf_counter() - start)
+    evals, eval_batch = [], int(cfg.trainer.eval_batch_size)
+    x = torch.randn(eval_batch, *shape)
+    with torch.no_grad():
+        for i in range(5):
+            start = time.perf_counter()
+            model(x)
+            if i >= 1:
+                evals.append(time.perf_counter() - start)
+    # The fastest: what the machine does undisturbed (another process on the cores only ever
+    # slows a step down).
+    return min(times), min(evals) / eval_batch
+
+
+def estimate(cfg: DictConfig) -> Estimate:
+    """One run of this config, measured on this machine (see the module's docstring)."""
+    from src.data.arrays import load_arrays
+    from src.data.subset import subset_size
+
+    arrays = load_arrays(cfg.dataset)
+    n = len(arrays.y_train)
+    n = subset_size(cfg.dataset, n) or n
+    n_val = int(round(float(cfg.dataset.val_fraction) * n))
+    n_train, batch = n - n_val, int(cfg.trainer.batch_size)
+    steps = math.ceil(n_train / batch)
+    if cfg.trainer.get("overfit_batches"):
+        steps = min(steps, int(cfg.trainer.overfit_batches))
+    if cfg.trainer.get("steps_per_epoch") is not None:
+        steps = min(steps, int(cfg.trainer.steps_per_epoch))
+    epochs, every = int(cfg.trainer.epochs), int(cfg.trainer.eval_every)
+    # Every evaluation predicts the training split (memorisation), validation and test.
+    step_s, eval_image_s = _step_seconds(cfg, batch)
+    return Estimate(step_s=step_s, eval_image_s=eval_image_s, steps_per_epoch=steps,
+                    eval_images=n_train + n_val + len(arrays.y_test), epochs=epochs,
+                    evaluations=math.ceil(epochs / every))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def describe(loader: Any, master: DictConfig, params: Sequence[Override],
+             jobs: Sequence[Sequence[str]]) -> str:
+    """The plan of a sweep: its grid, its runs, the finished ones and the time left."""
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    costs: dict[tuple[str, ...], Estimate] = {}
+    left: Counter[tuple[str, ...]] = Counter()
+    done = 0
+    for overrides in jobs:
+        key = setting_key(overrides)
+        if key not in composed:
+            composed[key] = loader.load_sweep_config(master_config=master,
+                                                     sweep_overrides=list(overrides))
+        cfg = composed[key]
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        seed = values.get(SEED_FOLDER_KEY, cfg.trainer.seed)
+        if finished(job_folder(master, parser.parse_overrides(list(overrides)), seed)):
+            done += 1
+        else:
+            left[key] += 1
+    for key in left:
+        costs[key] = estimate(composed[key])
+    total = sum(costs[k].run_s * n for k, n in left.items())
+    lines = [f"Plan of {master.get('task_name', 'the sweep')}: {len(jobs)} runs into "
+             f"{master.hydra.sweep.dir}", "grid:"]
+    lines += [f"  {key}: {', '.join(values)} ({len(values)})" for key, values in axes(params)]
+    lines.append(f"finished already: {done} of {len(jobs)} (skipped when it runs)")
+    if left:
+        lines.append(f"to run: {sum(left.values())}, estimated {duration(total)} one at a time "
+                     f"on this machine ({torch.get_num_threads()} threads):")
+        swept = {key.lstrip("+~") for key, _ in axes(params)}
+        for key, n in left.items():
+            c = costs[key]
+            what = " ".join(o.lstrip("+~") for o in key
+                            if o.split("=", 1)[0].lstrip("+~") in swept)
+            lines.append(f"  {n:4d} x {duration(c.run_s)}  {what}  ({c.epochs} epochs x "
+                         f"{c.steps_per_epoch} steps of {1e3 * c.step_s:.1f} ms)")
+    lines.append("Nothing was trained or written (plan=true).")
+    return "\n".join(lines)
+
+
+def check_plan(value: Any) -> None:
+    """plan is true or false: refused in one paragraph otherwise, before anything runs."""
+    if not isinstance(value, bool):
+        from src.config.entry import refuse
+        from src.errors import ConfigError
+
+        refuse(ConfigError("plan", value, "true (print what would run, train nothing) or "
+                                          "false"), action="planned or trained")
+
+
+def plan_run(cfg: DictConfig, run_dir: Path) -> None:
+    """plan=true without -m: the run's plan, checked as a run is; the folder Hydra made for
+    it (and its parent, when that is empty too) is removed."""
+    from src.config.entry import refuse
+    from src.config.validate import validate
+    from src.errors import ConfigError
+    from src.run.preflight import drop_empty_run_dir
+
+    drop_empty_run_dir(run_dir)  # Hydra made it, and its log
+    try:
+        run_dir.parent.rmdir()
+    except OSError:  # not empty: other runs are there
+        pass
+    check_plan(cfg.plan)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        refuse(err, action="planned or trained")
+    print(describe_run(cfg), flush=True)
+
+
+def describe_run(cfg: DictConfig) -> str:
+    """The plan of one run (plan=true without -m)."""
+    c = estimate(cfg)
+    return (f"Plan of one run into {cfg.paths.run_dir}: estimated {duration(c.run_s)} on this "
+            f"machine ({c.epochs} epochs x {c.steps_per_epoch} steps of {1e3 * c.step_s:.1f} "
+            f"ms, {torch.get_num_threads()} threads)\nNothing was trained or written "
+            f"(plan=true).")

@@ -1,0 +1,67 @@
+"""plan=true: a sweep's or a single run's plan, with nothing trained or written."""
+
+from __future__ import annotations
+
+import json
+
+from src.sweep.plan import Estimate, duration, setting_key
+from tests.conftest import run_module
+
+GRID = ["-m", "trainer.epochs=2", "model=cnn", "model.channels=[8,16]",
+        "augmentation=mixup_smoothing", "augmentation.mixup_alpha=0,0.4",
+        "augmentation.smoothing=0,0.1", "trainer.seed=0,1"]
+
+
+def test_a_sweep_plan_shows_the_grid_the_runs_and_the_time_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    done = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
+    assert "augmentation.mixup_alpha: 0, 0.4 (2)" in text
+    assert "augmentation.smoothing: 0, 0.1 (2)" in text
+    assert "8 runs" in text and "finished already: 0 of 8" in text
+    assert "to run: 8, estimated" in text and "Nothing was trained or written" in text
+    assert not out.exists()
+
+
+def test_a_plan_counts_the_runs_a_sweep_would_skip(tmp_path):
+    out = tmp_path / "out"
+    first = run_module([*GRID[:-1], "trainer.seed=0", f"hydra.sweep.dir={out}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    plan = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true"], tmp_path)
+    assert "finished already: 4 of 8" in plan.stdout, plan.stdout
+    assert "to run: 4" in plan.stdout
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert before == sorted(p.relative_to(out) for p in out.rglob("*"))  # nothing new
+
+
+def test_a_single_run_plan_leaves_no_folder(tmp_path):
+    done = run_module(["trainer.epochs=2", f"paths.output_dir={tmp_path / 'out'}",
+                       "plan=true"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Plan of one run" in done.stdout and "estimated" in done.stdout
+    assert not any((tmp_path / "out").rglob("*"))
+
+
+def test_a_bad_plan_value_is_refused_in_one_paragraph(tmp_path):
+    for args in (["plan=maybe"], ["-m", "trainer.seed=0,1", "plan=1"]):
+        done = run_module([*args, f"paths.output_dir={tmp_path / 'out'}"], tmp_path)
+        assert done.returncode == 2
+        assert "plan=" in done.stderr and "true" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_estimate_adds_training_evaluation_and_start_up():
+    c = Estimate(step_s=0.01, eval_image_s=1e-5, steps_per_epoch=10, eval_images=1000,
+                 epochs=4, evaluations=2)
+    from src.sweep.plan import STARTUP_S
+
+    assert abs(c.run_s - (STARTUP_S + 4 * 10 * 0.01 + 2 * 1000 * 1e-5)) < 1e-12
+    assert duration(3725) == "1:02:05"
+
+
+def test_jobs_that_differ_in_replicates_and_batchable_keys_cost_alike():
+    a = setting_key(["model=cnn", "trainer.seed=0", "augmentation.smoothing=0.1", "noise.seed=1"])
+    b = setting_key(["trainer.seed=3", "model=cnn", "augmentation.smoothing=0"])
+    assert a == b == ("model=cnn",)
+    assert setting_key(["model=mlp"]) != a
+    assert json.dumps(a)  # plain strings
