@@ -35,6 +35,7 @@ from analysis.schema import (
     TEXT_COLUMNS,
     config_columns,
 )
+from src.noise import has_random_draw
 
 PROBLEM_COLUMNS = ["run_dir", "status", "error", "experiment", "group", "seed"]
 SKIP_DIRS = {"wandb", "__pycache__"}
@@ -216,7 +217,10 @@ def _settings(res: dict[str, Any]) -> dict[str, Any]:
     for key, value in _flatten(res.get(CONFIG) or {}, "").items():
         if key not in CONFIG_NOT_SETTINGS and key not in inputs:
             row[CONFIG_PREFIX + key] = value
-    row |= {INPUT_PREFIX + key: entry["hash"] for key, entry in inputs.items()}
+    # A parent run (trainer.init_from) is recorded by the hash of its settings without its
+    # seeds: the children of one seed's parent and of another's are replicates of one cell.
+    row |= {INPUT_PREFIX + key: entry.get("setting") or entry["hash"]
+            for key, entry in inputs.items()}
     return row
 
 
@@ -375,6 +379,8 @@ def load_runs(paths: Sequence[str | Path], *, allow_duplicates: bool = False) ->
     table, dropped = resolve_duplicates(table, allow_duplicates,
                                         frozenset(probs["run_dir"]))
     probs = pd.concat([probs, dropped], ignore_index=True) if len(dropped) else probs
+    table, copies = drop_copies(table, frozenset(probs["run_dir"]))
+    probs = pd.concat([probs, copies], ignore_index=True) if len(copies) else probs
     probs = probs.sort_values("run_dir", kind="stable").reset_index(drop=True)
     return Runs(table=table, problems=probs, corrupt=int((probs["status"] == "corrupt").sum()),
                 tabled=tabled)
@@ -399,6 +405,45 @@ def _duplicate_message(dups: pd.DataFrame, keys: list[str]) -> str:
                 " (their configs differ in settings results.json does not record)"
         lines.append(line)
     return "; ".join(lines)
+
+
+SUBSET, SUBSET_SEED = CONFIG_PREFIX + "dataset.train_subset", CONFIG_PREFIX + \
+    "dataset.train_subset_seed"
+
+
+def _drawn(table: pd.DataFrame) -> pd.Series:
+    """Which runs' noise seed changes what they train on: labels drawn at random, or a
+    training subset drawn from the noise seed (dataset.train_subset_seed null)."""
+    labels = [has_random_draw(str(n), 0.0 if pd.isna(r) else float(r))
+              for n, r in zip(table.get("noise", pd.Series("none", index=table.index)),
+                              table.get("noise_rate", pd.Series(0.0, index=table.index)))]
+    subset = table[SUBSET].notna() if SUBSET in table else pd.Series(False, index=table.index)
+    follows = table[SUBSET_SEED].isna() if SUBSET_SEED in table else \
+        pd.Series(True, index=table.index)
+    return pd.Series(labels, index=table.index) | (subset & follows)
+
+
+def drop_copies(table: pd.DataFrame, unusable: frozenset[str] = frozenset()
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs whose noise seed changes nothing (clean labels, a rate of 0, human labels: no
+    random draw) are copies of each other across noise seeds, not independent replicates:
+    keep the one of the smallest noise seed of each setting and training seed, list the rest
+    as problems (status `copy`), so that no cell counts a run twice."""
+    empty = pd.DataFrame(columns=PROBLEM_COLUMNS)
+    if table.empty or "noise_seed" not in table:
+        return table, empty
+    done = table[table["status"].isin(ANALYSED) & ~table["run_dir"].isin(unusable)]
+    fixed = done[~_drawn(done)]
+    if fixed.empty:
+        return table, empty
+    keys = config_columns(fixed.columns) + ["seed"]
+    ordered = fixed.sort_values("noise_seed", kind="stable")
+    extra = ordered[ordered.duplicated(subset=keys, keep="first")]
+    rows = [_problem(Path(r["run_dir"]), "copy", f"noise_seed {r['noise_seed']} draws nothing "
+                     f"for {r.get('noise')} labels at rate {r.get('noise_rate')}: the same run "
+                     "as its smallest noise seed, not an independent replicate; not used", r)
+            for r in extra.to_dict("records")]
+    return table.drop(index=extra.index).reset_index(drop=True), pd.DataFrame(rows)
 
 
 def resolve_duplicates(table: pd.DataFrame, allow: bool, unusable: frozenset[str] = frozenset()

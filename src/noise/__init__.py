@@ -114,6 +114,17 @@ class NoiseSpec:
     options: dict[str, Any]
 
 
+# The noise models whose labels are drawn at random: only these, at a rate above 0, give
+# another labelling for another noise.seed (clean labels and CIFAR-10N's human labels are
+# fixed, whatever the seed).
+DRAWN = ("symmetric", "asymmetric", "pairflip", "instance")
+
+
+def has_random_draw(name: str, rate: float) -> bool:
+    """Whether noise.seed changes the labels of this noise model at this rate."""
+    return name in DRAWN and float(rate) > 0
+
+
 def inject_noise(
     labels: np.ndarray,
     num_classes: int,
