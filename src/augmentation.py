@@ -2,7 +2,9 @@
 
 Mixup: Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018.
 CutMix: Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
-Features", ICCV 2019. Manifold Mixup: Verma et al., ICML 2019 (src.models.manifold).
+Features", ICCV 2019. Manifold Mixup: Verma et al., ICML 2019 (src.models.manifold), at one
+stage or, as their code does, at a stage drawn per batch among several (`mix_layer` a list, or
+`default`: the model's MANIFOLD_LAYERS).
 Label smoothing: Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016; with any
 eps < 1, negative included: Wei et al., "To Smooth or Not? When Label Smoothing Meets Noisy
 Labels", ICML 2022 (generalised label smoothing).
@@ -34,7 +36,7 @@ one per sample.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from src.config import with_defaults
-from src.models.manifold import INPUT
+from src.models.manifold import DEFAULT, INPUT, choose_layers
 
 # ------------------------------------------------------------------ settings
 
@@ -60,7 +62,9 @@ class MixSettings:
     switch_prob: float  # probability of CutMix instead of Mixup when both are on
     mix_mode: str  # one lambda per "batch", per "pair", per sample ("elem")
     pairing: str  # partners: a random "permutation", or the reversed batch
-    mix_layer: str  # Mixup of the images, or of a model stage's hidden state
+    # "input" (Mixup of the images), one model stage's hidden state, several stages (a tuple:
+    # one drawn per batch, Verma et al.) or "default" (the model's, resolved by `for_model`)
+    mix_layer: str | tuple[str, ...]
 
     @classmethod
     def from_config(cls, aug: Mapping[str, Any]) -> MixSettings:
@@ -80,8 +84,14 @@ class MixSettings:
             switch_prob=float(aug["switch_prob"]),
             mix_mode=str(aug["mix_mode"]),
             pairing=str(aug["pairing"]),
-            mix_layer=str(aug["mix_layer"]),
+            mix_layer=_layer_setting(aug["mix_layer"]),
         )
+
+    def for_model(self, stages: tuple[str, ...], eligible: tuple[str, ...]) -> MixSettings:
+        """These settings with `mix_layer` resolved for a model with these stages and
+        MANIFOLD_LAYERS `eligible`: one stage, or a tuple of several to draw among."""
+        return replace(self, mix_layer=_layer_setting(
+            choose_layers(self.mix_layer, stages, eligible)))
 
     @property
     def mixes(self) -> bool:
@@ -93,9 +103,28 @@ class MixSettings:
         """Whether the model mixes a hidden state (Manifold Mixup) instead of the images."""
         return self.mix_layer != INPUT
 
+    @property
+    def drawn(self) -> bool:
+        """Whether each batch draws the stage it is mixed at (several stages)."""
+        return isinstance(self.mix_layer, tuple)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The stages mixed at (one, or those drawn among)."""
+        return self.mix_layer if isinstance(self.mix_layer, tuple) else (self.mix_layer,)
+
+
+def _layer_setting(value: Any) -> str | tuple[str, ...]:
+    """`mix_layer` as a setting: a name, or a tuple of several (a list of one is that one, so
+    that it trains exactly as the name alone)."""
+    if isinstance(value, str):
+        return value
+    names = tuple(str(v) for v in value)
+    return names[0] if len(names) == 1 else names
+
 
 def method_name(mixup_alpha: float, smoothing: float, cutmix_alpha: float = 0.0,
-                mix_layer: str = INPUT, mix_prob: float = 1.0) -> str:
+                mix_layer: str | tuple[str, ...] = INPUT, mix_prob: float = 1.0) -> str:
     """What the values amount to: the mixing (mixup, manifold_mixup, cutmix, mixup_cutmix for
     timm's switch between the two, nothing when no batch is mixed), then `smoothing` for any
     eps != 0, negative included, joined by "_"; "none" for plain ERM."""
@@ -154,6 +183,8 @@ class EpochDraws:
     cut: np.ndarray | None  # bool: CutMix instead of Mixup (None: the same choice throughout)
     boxes: np.ndarray | None  # int64 (..., 4): yl, yh, xl, xh pasted from the partner (None:
     #                           no CutMix); empty where a sample is not cut
+    layer: np.ndarray | None = None  # int64 (steps,): each batch's stage, an index into
+    #                                  MixSettings.layers (None: one stage throughout)
 
 
 def box_around(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
@@ -202,8 +233,11 @@ def draw_epoch(mix: MixSettings, rng: np.random.Generator, steps: int, batch_siz
     """The epoch's lambdas, CutMix choices and boxes for one member, from its generator.
 
     Mixup's Beta draws come first, as they always have: Mixup alone with every batch mixed
-    draws exactly `rng.beta(alpha, alpha, steps)` and nothing else.
+    draws exactly `rng.beta(alpha, alpha, steps)` and nothing else. The stage of each batch
+    (several stages only) is drawn last, uniformly, as Verma et al.'s code draws k.
     """
+    if mix.mix_layer == DEFAULT:
+        raise ValueError("mix_layer 'default' is the model's: resolve it with for_model first")
     shape: int | tuple[int, int] = steps if mix.mix_mode == "batch" else (steps, batch_size)
     lam = rng.beta(mix.mixup_alpha, mix.mixup_alpha, shape) if mix.mixup_alpha > 0 else None
     cut = boxes = None
@@ -224,7 +258,8 @@ def draw_epoch(mix: MixSettings, rng: np.random.Generator, steps: int, batch_siz
             boxes[~mixed] = 0
     if cut is not None:
         boxes[~cut] = 0  # Mixup's samples paste nothing
-    return EpochDraws(lam, cut, boxes)
+    layer = rng.integers(0, len(mix.layers), steps) if mix.drawn else None
+    return EpochDraws(lam, cut, boxes, layer)
 
 
 # ------------------------------------------------------------------ device: partners and mixing

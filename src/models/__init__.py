@@ -3,8 +3,9 @@
 Each model is a class whose keyword arguments are exactly its config keys, with the
 defaults of conf/model/<name>.yaml. Building goes through this registry, never through Hydra
 `_target_`, so configs name models but cannot execute code. Every class lists its Manifold
-Mixup stages in `MIX_LAYERS` (src.models.manifold); `mix_layers(name)` reads them without
-building a model.
+Mixup stages in `MIX_LAYERS` (src.models.manifold), and in `MANIFOLD_LAYERS` those that
+`augmentation.mix_layer: default` draws among; `mix_layers(name)`, `manifold_layers(name)` and
+`mix_layer_choice(name, mix_layer)` read them without building a model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.cnn import SmallCNN
+from src.models.manifold import DEFAULT, choose_layers
 from src.models.mlp import MLP
 from src.models.preact_resnet import PreActResNet18
 from src.models.recurrent import RowGRU, RowLSTM
@@ -34,7 +36,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "vit": ViT,
 }
 
-__all__ = ["MODELS", "build_model", "mix_layers", "model_keys", "vmappable"]
+__all__ = ["MODELS", "build_model", "manifold_layers", "mix_layer_choice", "mix_layers",
+           "model_keys", "vmappable"]
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -99,6 +102,28 @@ def _model_class(name: Any) -> type[nn.Module]:
 def mix_layers(name: str) -> tuple[str, ...]:
     """The Manifold Mixup stages of model `name` ("input" first), for `forward(mix_at=...)`."""
     return tuple(_model_class(name).MIX_LAYERS)
+
+
+def manifold_layers(name: str) -> tuple[str, ...]:
+    """The stages model `name` draws among per batch under `mix_layer: default`."""
+    return tuple(_model_class(name).MANIFOLD_LAYERS)
+
+
+def mix_layer_choice(name: str, mix_layer: Any) -> tuple[str, ...]:
+    """The stages `augmentation.mix_layer` names for model `name` (several: one drawn per
+    batch); ConfigError naming the key, the value and the model's stages otherwise."""
+    stages, eligible = mix_layers(name), manifold_layers(name)
+    names = [mix_layer] if isinstance(mix_layer, str) else mix_layer
+    try:
+        if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+            raise ValueError("stage names are strings")
+        return choose_layers(mix_layer, stages, eligible)
+    except ValueError as err:
+        raise ConfigError(
+            "augmentation.mix_layer", mix_layer,
+            f"{DEFAULT!r} (model {name}'s eligible stages {list(eligible)}), one stage of "
+            f"model {name} or a list of distinct ones, one drawn per batch: each one of "
+            f"{list(stages)}", hint=str(err)) from None
 
 
 def vmappable(name: str) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
@@ -30,6 +30,10 @@ class SmallCNN(nn.Module):
     # Manifold Mixup stages (src.models.manifold): the images, the first block's output, and
     # the pooled features the head reads. Named so that they exist for any `channels`.
     MIX_LAYERS: tuple[str, ...] = (INPUT, "block1", "features")
+    # augmentation.mix_layer=default draws among these per batch: the input and the first
+    # block, as Verma et al. draw the input and early stages, not the pooled features the
+    # head reads.
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "block1")
 
     def __init__(
         self,
@@ -53,7 +57,7 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(c_in, num_classes)
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 class MLP(nn.Module):
@@ -18,6 +18,10 @@ class MLP(nn.Module):
     # output, and the last hidden block's output (what the head reads). Named so that they
     # exist at every depth; with one hidden layer the last two are the same place.
     MIX_LAYERS: tuple[str, ...] = (INPUT, "hidden1", "features")
+    # augmentation.mix_layer=default draws among these per batch: the input and the first
+    # hidden block, as Verma et al. draw the input and early stages, not what the head reads
+    # (with one hidden layer, hidden1 is what the head reads).
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "hidden1")
 
     def __init__(
         self,
@@ -43,7 +47,7 @@ class MLP(nn.Module):
         self.first_block_end, self.last_block_end = block_ends[0], block_ends[-1]
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -56,6 +56,8 @@ class PreActResNet18(nn.Module):
     # four stages, named as in the Mixup code; Verma et al. 2019 mix for PreAct ResNet-18 at
     # the input, layer1 or layer2 (k = 0, 1, 2).
     MIX_LAYERS: tuple[str, ...] = (INPUT, "layer1", "layer2", "layer3", "layer4")
+    # augmentation.mix_layer=default draws among these per batch, as Verma et al.'s code does.
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "layer1", "layer2")
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 64) -> None:
         super().__init__()
@@ -74,7 +76,7 @@ class PreActResNet18(nn.Module):
         self.linear = nn.Linear(c_in, num_classes)
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 class RowRecurrent(nn.Module):
@@ -25,6 +25,9 @@ class RowRecurrent(nn.Module):
     # Manifold Mixup stages (src.models.manifold): the images, and the final hidden states
     # the head reads.
     MIX_LAYERS: tuple[str, ...] = (INPUT, "features")
+    # augmentation.mix_layer=default draws among both per batch: the reader has no stage in
+    # between, and the input alone would be plain Mixup.
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "features")
     # nn.LSTM and nn.GRU have no vmap rule, so their seeds cannot be trained as one batched
     # model (src.training.trainer.StackedTrainer).
     VMAPPABLE: ClassVar[bool] = False
@@ -55,7 +58,7 @@ class RowRecurrent(nn.Module):
         self.head = nn.Linear(hidden_size * self.directions, num_classes)
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from src.errors import ConfigError
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 def _divisors(n: int) -> list[int]:
@@ -71,6 +71,10 @@ class ViT(nn.Module):
     # token and positions included), the first encoder block's output, and the class token's
     # final representation that the head reads. Named so that they exist at every depth.
     MIX_LAYERS: tuple[str, ...] = (INPUT, "embed", "block1", "features")
+    # augmentation.mix_layer=default draws among these per batch: the input, the embedded
+    # tokens and the first block, as Verma et al. draw the input and early stages, not the
+    # class token the head reads.
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "embed", "block1")
 
     def __init__(
         self,
@@ -117,7 +121,7 @@ class ViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

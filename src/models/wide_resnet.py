@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from src.errors import ConfigError
-from src.models.manifold import INPUT, Mixer, check_mix, mix_after
+from src.models.manifold import INPUT, Mixers, Stages, check_mix, mix_after
 
 
 class WideBlock(nn.Module):
@@ -46,6 +46,9 @@ class WideResNet(nn.Module):
     # Manifold Mixup stages (src.models.manifold): the images and the output of each of the
     # three groups of blocks (the paper's conv2, conv3, conv4).
     MIX_LAYERS: tuple[str, ...] = (INPUT, "group1", "group2", "group3")
+    # augmentation.mix_layer=default draws among these per batch: Verma et al.'s WRN code
+    # mixes at the input, or after its first or second group (k = 0, 1, 2).
+    MANIFOLD_LAYERS: tuple[str, ...] = (INPUT, "group1", "group2")
 
     def __init__(
         self,
@@ -90,7 +93,7 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(
-        self, x: torch.Tensor, mix_at: str | None = None, mixer: Mixer | None = None
+        self, x: torch.Tensor, mix_at: Stages | None = None, mixer: Mixers | None = None
     ) -> torch.Tensor:
         """Logits (B, K) for images (B, C, H, W); `mixer` applied after stage `mix_at`."""
         check_mix(self.MIX_LAYERS, mix_at, mixer)

@@ -117,6 +117,7 @@ EPOCH_FIELDS: tuple[str, ...] = (
     "epoch", "train_loss", "train_acc", "lr", "test_loss", "test_acc", "test_ece", "test_brier",
     "test_ece_over", "test_ece_under", "val_loss", "val_acc", "train_acc_clean_subset",
     "memorized", "recovered", "test_ece_ts", "temperature", "epoch_time_s", "images_per_s",
+    "threads", "mix_layer_counts",
 )
 
 
