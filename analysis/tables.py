@@ -33,8 +33,17 @@ class TableMetric:
 
 
 RAW_ECE = ("Raw ECE under label noise mixes the noise with miscalibration (confidence learnt "
-           "from noisy labels is judged against clean test labels); ECE after temperature "
-           "scaling (final_test_ece_ts) separates the two and is the one to compare.")
+           "from noisy labels is judged against clean test labels). ECE after temperature "
+           "scaling (final_test_ece_ts) removes the part one scalar can fix only where the "
+           "validation labels are clean (no label noise); under noise its temperature is fitted "
+           "to the noisy labels and can make test ECE worse (report.md, calibration section).")
+# Guo et al. (ICML 2017) fit the temperature on held-out labels from the test distribution. Here
+# the validation split carries the training labels' noise: the temperature that fits it makes
+# the model as unsure as the noisy labels are, which is less sure than it is on clean test labels.
+TS_ECE = ("Temperature (Guo et al., ICML 2017) fitted on the validation split, whose labels carry "
+          "the study's label noise: trustworthy only without noise. Under noise it calibrates to "
+          "the noisy labels, not the clean test labels, and can be worse than raw ECE "
+          "(final_test_ece).")
 CALIBRATED = "lower is better: a calibration error"
 PROPER = "lower is better: a proper scoring rule, accuracy and calibration together"
 
@@ -47,11 +56,9 @@ TABLE_METRICS = {
     "final_memorized": TableMetric(
         "memorised: corrupted training labels fitted (%)", 100.0, False,
         "lower is better: fewer noisy labels fitted"),
-    "final_test_ece_ts": TableMetric(
-        "test ECE after temperature scaling, 15 bins (%)", 100.0, False, CALIBRATED,
-        "Temperature (Guo et al., ICML 2017) fitted on the noisy validation split; unlike raw "
-        "ECE, this compares calibration across settings without the noise mixed in."),
     "final_test_ece": TableMetric("test ECE, 15 bins (%)", 100.0, False, CALIBRATED, RAW_ECE),
+    "final_test_ece_ts": TableMetric(
+        "test ECE after temperature scaling, 15 bins (%)", 100.0, False, CALIBRATED, TS_ECE),
     "final_test_ece_over": TableMetric(
         "test ECE, over-confident part (%)", 100.0, False, CALIBRATED, RAW_ECE),
     "final_test_ece_under": TableMetric(
@@ -82,6 +89,7 @@ class Grid:
     best: pd.DataFrame  # bool: the best cell(s)
     bolds: str = ""  # what the bold cell is, and why
     diverged: pd.DataFrame | None = None  # runs per cell that diverged (None: not known)
+    picked: bool = False  # bold marks the validation pick (else the best mean of the metric)
 
     @property
     def title(self) -> str:
@@ -112,6 +120,21 @@ class Grid:
     def empty(self) -> bool:
         """No value anywhere (e.g. memorisation without label noise)."""
         return bool(self.mean.isna().all().all())
+
+    def printed(self, digits: int) -> np.ndarray:
+        """The means as they read at `digits` decimals (NaN where there is none)."""
+        return np.array([[float(f"{v:.{digits}f}") for v in row]
+                         for row in self.mean.to_numpy(dtype=float)]).reshape(self.mean.shape)
+
+    def shown_best(self, digits: int) -> pd.DataFrame:
+        """The cells to bold when printed at `digits` decimals: `best`, unless several cells
+        are (a tie has no winner): a best mean that another cell prints alike, or a validation
+        pick tied with another on validation accuracy."""
+        best = self.best.to_numpy(dtype=bool)
+        if self.picked:
+            return self.best & (best.sum() <= 1)
+        shown = self.printed(digits)
+        return self.best & (np.isin(shown, shown[best]).sum() <= 1)
 
 
 def check_eps_axis(eps_axis: str) -> str:
@@ -153,29 +176,30 @@ def grid(panel: Panel, metric: str, eps_axis: str = "smoothing") -> Grid:
     n = _pivot(cells, row, f"{metric}_n").fillna(0).astype(int)
     diverged = _pivot(cells, row, "n_diverged").fillna(0).astype(int) \
         if "n_diverged" in cells else None
-    best, bolds = _bold(cells, row, metric, spec, mean)
+    best, bolds, picked = _bold(cells, row, metric, spec, mean)
     convention = panel.values.get("smoothing_to")
     return Grid(metric, spec, eps_axis, None if convention is None else str(convention),
-                mean, std, n, best, bolds, diverged)
+                mean, std, n, best, bolds, diverged, picked)
 
 
 def _bold(cells: pd.DataFrame, row: str, metric: str, spec: TableMetric,
-          mean: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The cell to bold and why. Test accuracy: the cell the noisy validation split picks
-    (highest mean best_val_acc), so that the bold number is an honest estimate; without a
-    validation split the best test mean, said to be optimistic. Other metrics: the best
-    mean, a description of the table rather than a choice."""
+          mean: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
+    """The cell to bold, why, and whether it is the validation pick. Test accuracy: the cell
+    the noisy validation split picks (highest mean best_val_acc), so that the bold number is
+    an honest estimate; without a validation split the best test mean, said to be
+    optimistic. Other metrics: the best mean, a description of the table rather than a
+    choice."""
     if metric.startswith(("final_test_acc", "best_test_acc")):
         val = _pivot(cells, row, "best_val_acc_mean") if "best_val_acc_mean" in cells else None
         if val is not None and val.notna().any().any():
             return val == val.max().max(), ("Bold: the cell the noisy validation split picks "
                                             "(highest mean best_val_acc); its test accuracy "
-                                            "is the honest estimate of the best setting.")
+                                            "is the honest estimate of the best setting."), True
         target = mean.max().max()
         return mean == target, ("Bold: the highest test mean, picked on the test set itself "
-                                "(no validation split): optimistic.")
+                                "(no validation split): optimistic."), False
     target = mean.max().max() if spec.higher else mean.min().min()
-    return mean == target, spec.bolds  # all False when every cell is NaN
+    return mean == target, spec.bolds, False  # all False when every cell is NaN
 
 
 def count_text(n: int, diverged: int = 0, at_chance: bool = True) -> str:
@@ -213,7 +237,7 @@ def grid_frame(g: Grid) -> pd.DataFrame:
 
 def to_markdown(g: Grid) -> str:
     """The grid as a Markdown table (rows ε or m, columns α), the best cell in bold."""
-    t = _texts(g, "±", "n/a").where(~g.best, lambda x: "**" + x + "**")
+    t = _texts(g, "±", "n/a").where(~g.shown_best(g.spec.digits), lambda x: "**" + x + "**")
     t.index = [fmt_value(v) for v in t.index]
     t.columns = [f"α={fmt_value(v)}" for v in t.columns]
     t.index.name = g.symbol
@@ -236,16 +260,37 @@ def to_latex(g: Grid, caption: str, label: str) -> str:
     sym = r"\varepsilon" if g.eps_axis == "smoothing" else "m"
     t.index = [rf"${sym}={fmt_value(v)}$" for v in t.index]
     t.columns = [rf"$\alpha={fmt_value(v)}$" for v in t.columns]
-    marks = pd.DataFrame(np.where(g.best.to_numpy(), "textbf:--rwrap;", ""),
+    bold = g.shown_best(g.spec.digits).to_numpy()
+    marks = pd.DataFrame(np.where(bold, "textbf:--rwrap;", ""),
                          index=t.index, columns=t.columns)
     styler = t.style.apply(lambda _: marks, axis=None)
     return styler.to_latex(hrules=True, caption=latex_escape(caption), label=label,
                            position_float="centering")
 
 
+def replicate_counts(runs: pd.DataFrame) -> tuple[int, int]:
+    """(training seeds, noise draws) among `runs`; runs without a noise seed are one draw."""
+    seeds = runs["seed"].nunique() if "seed" in runs else 0
+    draws = runs["noise_seed"].nunique() if "noise_seed" in runs else 0
+    return int(seeds), max(int(draws), 1)
+
+
+def replicates_text(seeds: int, draws: int, counts) -> str:
+    """What n is: 'n = 10 runs (5 seeds × 2 noise draws)', or with cells short of the full
+    crossing 'n = 8–10 runs (of 5 seeds × 2 noise draws)'."""
+    found = [int(c) for c in counts if c > 0] or [0]
+    lo, hi = min(found), max(found)
+    crossing = f"{seeds} seed{'s' if seeds != 1 else ''}" + \
+        (f" × {draws} noise draws" if draws > 1 else "")
+    n = str(hi) if lo == hi else f"{lo}–{hi}"
+    of = "" if lo == hi == seeds * draws else "of "
+    return f"n = {n} run{'s' if hi != 1 else ''} ({of}{crossing})"
+
+
 def caption(g: Grid, panel: Panel) -> str:
-    """What the table holds: panel, metric, cells and axes."""
-    return f"{panel.label}: {g.title}, mean ± std (n seeds); {g.axes}{_diverged_note(g)}"
+    """What the table holds: panel, metric, cells, what n counts, and axes."""
+    reps = replicates_text(*replicate_counts(panel.runs), g.n.to_numpy().ravel())
+    return f"{panel.label}: {g.title}, mean ± std (n); {reps}; {g.axes}{_diverged_note(g)}"
 
 
 def _diverged_note(g: Grid) -> str:
@@ -256,9 +301,19 @@ def _diverged_note(g: Grid) -> str:
             "; diverged runs left out (no chance level for this metric)")
 
 
+def bold_note(g: Grid, digits: int) -> str:
+    """What the bold cell is and why, or why no cell is bold."""
+    if g.best.to_numpy().any() and not g.shown_best(digits).to_numpy().any():
+        if g.picked:
+            return "No bold: several cells tie for the best validation accuracy."
+        return (f"No bold: the {'highest' if g.spec.higher else 'lowest'} mean is shared by "
+                "several cells at the printed precision.")
+    return g.bolds or g.spec.bolds
+
+
 def notes(g: Grid) -> str:
     """What the bold cell is and why, and the metric's caveat."""
-    return " ".join(x for x in (g.bolds or g.spec.bolds, g.spec.note) if x)
+    return " ".join(x for x in (bold_note(g, g.spec.digits), g.spec.note) if x)
 
 
 def file_stem(*parts: str, limit: int = 160) -> str:

@@ -3,18 +3,22 @@ files it is saved to, and which cell stands for a method."""
 
 from __future__ import annotations
 
+import math
+import shutil
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.text import Text
 from PIL import Image
 
 from analysis import analyse, load_runs, pipeline
 from analysis.plots import DPI, choose_per_rate, heatmap, noise_plot, save, training_curves
 from analysis.selection import fixed_cells
-from analysis.tables import grid
+from analysis.tables import caption, grid, notes, to_markdown
 from tests.test_analysis import result, write_run
 
 # final test accuracy per (noise rate, α, ε), two seeds each; ε = -1 is generalised smoothing.
@@ -52,40 +56,213 @@ def assert_legible(fig) -> None:
     assert sizes and min(sizes) >= 8
 
 
-def test_heatmap_one_labelled_colour_scale_and_mean_std_n_cells(tmp_path):
+def grid_axes(fig) -> list:
+    """The heatmap's panels (not its colourbar), in order."""
+    return [ax for ax in fig.axes if ax.get_xlabel() == "Mixup α"]
+
+
+def meshes(fig) -> list[QuadMesh]:
+    """The heatmap panels' coloured cells, one mesh per panel, in panel order."""
+    FigureCanvasAgg(fig).draw()
+    return [c for ax in grid_axes(fig) for c in ax.collections if isinstance(c, QuadMesh)]
+
+
+def face(mesh: QuadMesh, i: int, j: int) -> np.ndarray:
+    """The RGB colour of cell (row i, column j) of a panel."""
+    rows, cols = mesh.get_array().shape
+    return mesh.get_facecolors()[i * cols + j][:3]
+
+
+def hand_se(acc: dict) -> float:
+    """The pooled standard error of a cell mean, in pp: √(mean over cells of s.d.² / n)."""
+    terms = [statistics.stdev(a) ** 2 / len(a) for a in acc.values() if len(a) > 1]
+    return 100 * math.sqrt(sum(terms) / len(terms))
+
+
+def test_heatmap_colours_the_difference_from_erm_on_a_scale_of_the_replicate_noise(tmp_path):
     panels = panels_of(write_study(tmp_path))
-    items = [(p, grid(p, "final_test_acc")) for p in panels]
-    fig = heatmap(items, "digits / cnn / symmetric")
-    images = [im for ax in fig.axes for im in ax.get_images()]
-    assert len(images) == 2
-    means = [100 * a for accs in ACC.values() for a in [sum(accs) / 2]]
-    for im in images:  # the clean and the 40 % panel on one scale
-        assert (im.norm.vmin, im.norm.vmax) == pytest.approx((min(means), max(means)))
-    bars = [im.colorbar for im in images if im.colorbar is not None]
-    assert len(bars) == 1 and bars[0].ax.get_ylabel() == "final test accuracy (%)"
-    clean, noisy = (ax for ax in fig.axes if ax.get_images())
-    assert (clean.get_title(), noisy.get_title()) == ("clean", "40% symmetric")
-    assert [t.get_text() for t in noisy.get_yticklabels()] == ["-1", "0", "0.1", "0.2"]
-    assert noisy.get_ylabel() == "label smoothing ε" and noisy.get_xlabel() == "Mixup α"
-    cells = {t.get_text(): t for t in noisy.texts if t.get_text() != "not run"}
-    assert [t.get_text() for t in noisy.texts].count("not run") == 4  # grey, not blank
-    assert set(cells) == {"68.0\n± 2.8 (n=2)", "62.0\n± 2.8 (n=2)", "73.0\n± 1.4 (n=2)",
-                          "81.0\n± 1.4 (n=2)"}
+    fig = heatmap([(p, grid(p, "final_test_acc")) for p in panels], "digits / cnn / symmetric")
+    clean, noisy = meshes(fig)
+    half = 3 * hand_se(ACC)  # 3 s.e. of a cell mean, pooled over both panels' cells
+    for mesh in (clean, noisy):  # one scale for both panels, centred on each one's ERM
+        assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx((-half, half))
+    # Rows ε = -1, 0, 0.1, 0.2; columns α = 0, 1. Noisy ERM (row 1, α = 0) prints 62.0: its
+    # own colour is the neutral centre, and every other run cell of that panel is better (blue).
+    assert np.ptp(face(noisy, 1, 0)) < 0.01
+    for i, j in ((0, 0), (2, 1), (3, 1)):
+        r, _, b = face(noisy, i, j)
+        assert b > r + 0.3
+    # ε = -1 at 40 % (68.0) is 6 pp better than ERM, beyond the scale: the darkest blue.
+    assert face(noisy, 0, 0) == pytest.approx(np.array(clean.cmap(1.0)[:3]))
+    # Not run (α = 1, ε = -1): grey, and said in words.
+    assert face(noisy, 0, 1) == pytest.approx([0.88] * 3)
+    (bar,) = [m.colorbar for m in (clean, noisy) if m.colorbar is not None]
+    assert bar.ax.get_ylabel() == "difference from ERM (pp)"
+    assert bar.extend == "both"  # values beyond ±3 s.e. are clipped, and the bar shows it
+    caption = fig.get_supxlabel().replace("\n", " ")
+    assert f"full scale ±{half:.2f} pp = 3 s.e. of a cell mean" in caption
+    assert "difference from the panel's ERM (α=0, ε=0)" in caption
+    clean_ax, noisy_ax = grid_axes(fig)
+    assert noisy_ax.get_title().split("\n") == ["40% symmetric", "n = 2 runs (2 seeds)"]
+    assert clean_ax.get_title().split("\n")[0] == "clean"
+    assert [t.get_text() for t in clean_ax.get_yticklabels()] == ["-1", "0", "0.1", "0.2"]
+    assert clean_ax.get_ylabel() == "label smoothing ε" and noisy_ax.get_xlabel() == "Mixup α"
+    assert noisy_ax.get_ylabel() == ""  # one ε axis for the row, on its first panel
+    cells = {t.get_text(): t for t in noisy_ax.texts if t.get_text() != "not run"}
+    assert [t.get_text() for t in noisy_ax.texts].count("not run") == 4
+    # Every cell holds 2 runs: n is said once, above the panel, not in every cell.
+    assert set(cells) == {"68.0\n± 2.8", "62.0\n± 2.8", "73.0\n± 1.4", "81.0\n± 1.4"}
     # Bold: the cell noisy validation picks (its test accuracy is the honest estimate).
     noisy_panel = next(p for p in panels if p.values["noise_rate"] == 0.4)
     pick = noisy_panel.cells.loc[noisy_panel.cells["best_val_acc_mean"].idxmax()]
     bold = [t for t, c in cells.items() if c.get_fontweight() == "bold"]
     assert len(bold) == 1 and bold[0].startswith(f"{100 * pick['final_test_acc_mean']:.1f}\n")
-    assert "mean ± std (n seeds)" in fig.get_suptitle()
+    assert fig.get_suptitle() == "digits / cnn / symmetric: final test accuracy (%)"
     assert_legible(fig)
 
 
-def test_lower_is_better_metrics_are_bright_when_low(tmp_path):
+def test_lower_is_better_metrics_are_blue_when_below_erm(tmp_path):
     panel = panels_of(write_study(tmp_path))[1]
     fig = heatmap([(panel, grid(panel, "final_test_ece"))], "x")
-    (im,) = [im for ax in fig.axes for im in ax.get_images()]
-    assert im.get_cmap().name == "viridis_r"
-    assert im.colorbar.ax.get_ylabel() == "test ECE, 15 bins (%)"
+    (mesh,) = meshes(fig)
+    assert mesh.cmap.name.startswith("RdBu_r")
+    # ECE = (1 - acc) / 10: ERM (row 1, α = 0) 3.8 %; α = 1, ε = 0.2 (row 3) 1.9 %, lower.
+    r, _, b = face(mesh, 3, 1)
+    assert b > r + 0.3
+    assert mesh.colorbar.ax.get_ylabel() == "difference from ERM (pp)"
+
+
+def write_cells(root: Path, values: dict, metric: str, seeds=(0, 1), draws=(0,)) -> Path:
+    """A 40 % panel with `metric` (a fraction) per (α, ε) given, one run per seed × draw."""
+    for (alpha, eps), value in values.items():
+        for seed in seeds:
+            for draw in draws:
+                res = result(0.4, alpha, eps, seed, 0.7 + 0.01 * seed + 0.002 * draw,
+                             noise_seed=draw, **{metric: value})
+                write_run(root / f"a{alpha}_e{eps}" / f"s{seed}_d{draw}", res)
+    return root
+
+
+def test_no_colour_and_no_bold_where_every_value_prints_alike(tmp_path):
+    # Over-confident ECE of 0.01 % to 0.04 %: every cell prints 0.0, as in a real study's
+    # over-confident part under noise. Different in the data, alike to the reader.
+    values = {(0.0, 0.0): 0.0004, (0.0, 0.1): 0.0001, (1.0, 0.0): 0.0003, (1.0, 0.1): 0.0002}
+    (panel,) = panels_of(write_cells(tmp_path, values, "final_test_ece_over"))
+    g = grid(panel, "final_test_ece_over")
+    assert g.best.to_numpy().sum() == 1  # the data has one lowest cell ...
+    fig = heatmap([(panel, g)], "x")
+    (mesh,) = meshes(fig)
+    colours = mesh.get_facecolors()[:, :3]
+    assert len(colours) == 4 and np.ptp(colours, axis=0).max() == 0  # ... all one colour
+    assert np.ptp(colours[0]) < 0.01  # and that colour is neutral
+    (ax,) = grid_axes(fig)
+    assert {t.get_text() for t in ax.texts} == {"0.0\n± 0.0"}
+    assert all(t.get_fontweight() != "bold" for t in ax.texts)  # no winner among equals
+    caption = fig.get_supxlabel().replace("\n", " ")
+    assert "No colour: every value prints alike" in caption and "No bold" in caption
+
+
+def test_a_best_value_printed_alike_by_two_cells_is_not_bold(tmp_path):
+    # 0.011 % and 0.012 %: the lowest is unique in the data, but both print 0.0 here and 0.01
+    # in the tables; the other cells print 0.2 and 0.3 and stay coloured.
+    values = {(0.0, 0.0): 0.002, (0.0, 0.1): 0.00011, (1.0, 0.0): 0.003, (1.0, 0.1): 0.00012}
+    (panel,) = panels_of(write_cells(tmp_path, values, "final_test_ece_over"))
+    g = grid(panel, "final_test_ece_over")
+    fig = heatmap([(panel, g)], "x")
+    (mesh,) = meshes(fig)
+    assert np.ptp(mesh.get_facecolors()[:, :3], axis=0).max() > 0.3
+    (ax,) = grid_axes(fig)
+    assert all(t.get_fontweight() != "bold" for t in ax.texts)
+    table = to_markdown(g)
+    assert "**" not in table and table.count("0.01 ± 0.00") == 2
+    assert "No bold: the lowest mean is shared by several cells" in notes(g)
+
+
+def test_n_counts_seeds_times_noise_draws_in_titles_captions_and_legends(tmp_path):
+    values = {(0.0, 0.0): 0.1, (0.0, 0.1): 0.2, (1.0, 0.0): 0.3, (1.0, 0.1): 0.4}
+    write_cells(tmp_path, values, "final_test_ece", draws=(0, 1))
+    (panel,) = panels_of(tmp_path)
+    reps = "n = 4 runs (2 seeds × 2 noise draws)"
+    fig = heatmap([(panel, grid(panel, "final_test_acc"))], "x")
+    (ax,) = grid_axes(fig)
+    assert " ".join(ax.get_title().split()) == f"40% symmetric {reps}"
+    assert reps in caption(grid(panel, "final_test_acc"), panel)  # the tables' caption
+    curves = training_curves(panel)
+    assert f"{reps} per line" in curves.axes[0].get_title().replace("\n", " ")
+    chosen = choose_per_rate([panel])
+    assert set(chosen["seeds"]) == {2} and set(chosen["noise_draws"]) == {2}
+    title = noise_plot("x", chosen).axes[0].get_title().replace("\n", " ")
+    assert f"over runs, {reps} per point" in title
+
+
+def test_cells_short_of_the_full_crossing_say_so_and_show_their_own_n(tmp_path):
+    values = {(0.0, 0.0): 0.1, (0.0, 0.1): 0.2, (1.0, 0.0): 0.3, (1.0, 0.1): 0.4}
+    write_cells(tmp_path, values, "final_test_ece", draws=(0, 1))
+    shutil.rmtree(tmp_path / "a1.0_e0.1" / "s1_d1")
+    (panel,) = panels_of(tmp_path)
+    fig = heatmap([(panel, grid(panel, "final_test_acc"))], "x")
+    (ax,) = grid_axes(fig)
+    title = " ".join(ax.get_title().split())
+    assert title == "40% symmetric n = 3–4 runs (of 2 seeds × 2 noise draws)"
+    texts = [t.get_text() for t in ax.texts]
+    assert sum(t.endswith("(n=3)") for t in texts) == 1
+    assert sum(t.endswith("(n=4)") for t in texts) == 3
+
+
+def test_without_replicates_the_scale_is_the_largest_difference_and_says_so(tmp_path):
+    values = {(0.0, 0.0): 0.10, (0.0, 0.1): 0.12, (1.0, 0.0): 0.05, (1.0, 0.1): 0.11}
+    (panel,) = panels_of(write_cells(tmp_path, values, "final_test_ece", seeds=(0,)))
+    fig = heatmap([(panel, grid(panel, "final_test_ece"))], "x")
+    (mesh,) = meshes(fig)
+    assert (mesh.norm.vmin, mesh.norm.vmax) == pytest.approx((-5.0, 5.0))  # 5 % vs ERM's 10 %
+    assert "the largest difference (no s.e.: one run per cell)" in \
+        fig.get_supxlabel().replace("\n", " ")
+
+
+def png_size(fig, path: Path) -> tuple[int, int]:
+    (png, _) = save(fig, path, ("png", "pdf"))
+    with Image.open(png) as image:
+        return image.size
+
+
+def test_heatmap_canvas_is_compact_and_long_titles_do_not_widen_it(tmp_path):
+    panels = panels_of(write_study(tmp_path / "runs"))
+    items = [(p, grid(p, "final_test_acc")) for p in panels]
+    width, height = png_size(heatmap(items, "digits / cnn / symmetric"), tmp_path / "short")
+    # Two panels of 4 ε × 2 α cells: about 5 × 3.5 inches at 200 dpi, wider than high as the
+    # two grids side by side are.
+    assert 800 <= width <= 1300 and 500 <= height <= 800 and width > height
+    long = "digits / cnn / symmetric / " + "trainer.lr=0.05 / " * 12
+    wide, high = png_size(heatmap(items, long), tmp_path / "long")
+    assert abs(wide - width) <= 4 and high - height < 200  # the title wraps, downwards
+    fig = heatmap(items, "x")
+    FigureCanvasAgg(fig).draw()
+    cells = sum(ax.get_window_extent().width * ax.get_window_extent().height
+                for ax in grid_axes(fig))
+    assert cells / (fig.bbox.width * fig.bbox.height) > 0.3  # not a third of the canvas
+
+
+def test_a_large_grid_of_three_panels_stays_within_a_page(tmp_path):
+    """eps_alpha_grid's shape: 5 ε × 6 α, three noise rates side by side."""
+    alphas, eps = (0.0, 0.1, 0.2, 0.4, 1.0, 2.0), (-0.1, 0.0, 0.05, 0.1, 0.2)
+    for rate in (0.0, 0.2, 0.4):
+        for a in alphas:
+            for e in eps:
+                for seed in (0, 1):
+                    write_run(tmp_path / f"r{rate}_a{a}_e{e}" / f"s{seed}",
+                              result(rate, a, e, seed, 0.8 + 0.01 * seed + a / 100))
+    items = [(p, grid(p, "final_test_acc")) for p in panels_of(tmp_path)]
+    width, height = png_size(heatmap(items, "digits / cnn / symmetric"), tmp_path / "h")
+    assert width <= 2700 and height <= 900  # 13.5 × 4.5 inches: a landscape page
+    assert 2.0 <= width / height <= 5.0  # three 6 × 5 grids in a row: about 3.6 : 1
+    # Validation accuracy here is test accuracy - 5 pp, the same for every ε: the clean and
+    # 20 % panels' picks tie five ways, and a tie has no bold winner.
+    fig = heatmap(items, "x")
+    clean, mild, noisy = grid_axes(fig)
+    assert not [t for t in clean.texts + mild.texts if t.get_fontweight() == "bold"]
+    assert len([t for t in noisy.texts if t.get_fontweight() == "bold"]) == 1
+    assert "No bold: several cells tie for the best validation accuracy." in \
+        " ".join(fig.get_supxlabel().split())
 
 
 def test_save_writes_pdf_and_png_at_print_resolution(tmp_path):
@@ -154,7 +331,8 @@ def test_training_curves_mean_with_bands_and_seed_counts(tmp_path):
     # metrics.jsonl: test_acc = acc × epoch / 4, mean over the seeds' 0.80 and 0.82.
     assert list(line.get_ydata()) == pytest.approx([81 * e / 4 for e in range(1, 5)])
     assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 4
-    assert ax.get_ylabel() == "test accuracy (%)" and "s.d. over seeds" in ax.get_title()
+    assert ax.get_ylabel() == "test accuracy (%)"
+    assert "s.d. over runs, n = 2 runs (2 seeds) per line" in ax.get_title().replace("\n", " ")
     assert_legible(fig)
 
 
@@ -186,6 +364,6 @@ def test_two_studies_into_one_out_list_only_their_own_figures(tmp_path, monkeypa
 def test_heatmap_rows_on_the_uniform_mass_axis(tmp_path):
     panel = panels_of(write_study(tmp_path))[1]
     fig = heatmap([(panel, grid(panel, "final_test_acc", "uniform_mass"))], "x")
-    (ax,) = [ax for ax in fig.axes if ax.get_images()]
+    (ax,) = grid_axes(fig)
     assert ax.get_ylabel() == "uniform smoothing mass m"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["-1", "0", "0.1", "0.2"]
