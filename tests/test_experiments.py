@@ -62,15 +62,25 @@ CASES = {
                                   "dataset.val_fraction=0"],
     "repro_jocor_mnist": ["trainer.epochs=2", "trainer.decay_start=1",
                           "trainer.steps_per_epoch=2", "noise.rate=0.2,0.5", "trainer.seed=1,2"],
+    # Two of its panels (a clean one: its two draws are draws of the training subset) on an
+    # MNIST-shaped archive, negative eps warmed up for 1 of 2 epochs.
+    "answer": ["trainer.epochs=2", "trainer.eval_every=1", "dataset.train_subset=200",
+               "+panel=fmnist_mlp_clean,mnist_mlp_asym40", "augmentation.mixup_alpha=0,0.4",
+               "augmentation.smoothing=-0.4,0", "trainer.seed=0", "noise.seed=0,1",
+               "augmentation.smoothing_start_epoch='${if_negative:${augmentation.smoothing},1,0}'"],
+    "gls_stage1": ["dataset=digits", "model=cnn", "trainer.epochs=2", "trainer.milestones=[1]",
+                   "noise.rate=0.4", "trainer.seed=0,1"] + SMALL_CNN,
 }
+# Studies that need another study's runs first: tested end to end where named.
+COVERED_ELSEWHERE = {"gls_stage2": "tests/test_init_from.py (stage 1, then stage 2 from it)"}
 EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 6,
                  "mixup_paper_cifar10": 4, "cifar10n": 4, "gls_noise": 4,
-                 "repro_jocor_mnist": 4}
+                 "repro_jocor_mnist": 4, "answer": 16, "gls_stage1": 2}
 
 
 def test_every_experiment_file_has_a_case():
     names = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
-    assert names == set(CASES)
+    assert names == set(CASES) | set(COVERED_ELSEWHERE)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -80,7 +90,7 @@ def test_experiment_runs_as_a_real_multirun(tmp_path, cifar_like, name):
         extra.append(f"dataset.npz={cifar_like / 'c.npz'}")
     if name == "cifar10n":
         extra.append(f"noise.file={cifar_like / 'CIFAR-10_human.pt'}")
-    if name == "repro_jocor_mnist":
+    if name in ("repro_jocor_mnist", "answer"):
         extra.append(f"dataset.npz={cifar_like / 'm.npz'}")
     analyse = name == "quickstart"  # the analysis callback is tested once, on the quickstart
     out = run_module([f"+experiment={name}"] + extra + ([] if analyse else NO_ANALYSIS),

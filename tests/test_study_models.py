@@ -73,7 +73,9 @@ def tiny_job(experiment: str, model: str, run_dir) -> DictConfig:
     over = [f"+experiment={experiment}", f"model={model}", *small, "dataset=digits",
             "trainer.epochs=1", "trainer.progress=false",
             # one epoch: smoothing must start in it (gls_noise waits 3 epochs by default)
-            "augmentation.smoothing_start_epoch=0"]
+            "augmentation.smoothing_start_epoch=0", "dataset.train_subset=null"]
+    if experiment == "gls_stage2":  # its parent runs are tested in tests/test_init_from.py
+        over.append("trainer.init_from=null")
     cfg = make_cfg(over, run_dir=run_dir)
     if cfg.noise.name == "human":  # CIFAR-10N's labels belong to CIFAR-10, not the digits
         cfg = make_cfg([*over, "noise=symmetric"], run_dir=run_dir)

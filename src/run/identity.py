@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import ADDED_KEYS, EXECUTION_KEYS, LOCATION_KEYS, REPLICATE_KEYS
+from src.run.init_from import INIT_FROM, parent_identity, weights_file
 
 SECTIONS = ("dataset", "model", "augmentation", "noise", "trainer")
 
@@ -38,6 +39,10 @@ def fingerprint(cfg: DictConfig, inputs: dict[str, dict[str, Any]] | None = None
     inputs = {k: v["hash"] for k, v in records.items()}
     if inputs:  # runs that read no file keep the fingerprint they always had
         parts["inputs"] = inputs
+    # A run started from another run's weights: that run's identity too (src.run.init_from).
+    parents = {k: v["fingerprint"] for k, v in records.items() if "fingerprint" in v}
+    if parents:
+        parts["parents"] = parents
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -135,6 +140,9 @@ def input_files(cfg: DictConfig) -> dict[str, Path]:
         out["dataset.root"] = Path(str(cfg.dataset.root)).expanduser()
     if cfg.noise.name == "human" and cfg.noise.get("file"):
         out["noise.file"] = Path(str(cfg.noise.file)).expanduser()
+    parent = weights_file(cfg)  # the weights of the run it starts from
+    if parent is not None:
+        out[INIT_FROM] = parent
     return out
 
 
@@ -150,4 +158,6 @@ def input_records(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         else:
             size, digest = None, None
         out[key] = {"path": str(path), "size": size, "hash": digest}
+        if key == INIT_FROM:  # which run the weights come from: its folder and fingerprint
+            out[key].update(parent_identity(cfg))
     return out

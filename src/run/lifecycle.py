@@ -425,7 +425,12 @@ def _record_evaluation(members: list[Member], trainer: Trainer, data: TrainData,
         st = stats[k]
         row = {"epoch": epoch, "train_loss": st.loss, "train_acc": st.acc, "lr": st.lr,
                **evaluated[k], "epoch_time_s": epoch_time,
-               "images_per_s": st.images / max(st.seconds, 1e-9)}
+               "images_per_s": st.images / max(st.seconds, 1e-9),
+               # What the epoch trained with (set at its start): auto may change it between
+               # epochs, and another count gives other kernels and other bits.
+               "threads": torch.get_num_threads()}
+        if st.mix_layer_counts is not None:  # each batch drew its Manifold Mixup stage
+            row["mix_layer_counts"] = st.mix_layer_counts
         state.histories[k].append(row)
         write_metrics(members[k].run_dir / METRICS, state.histories[k])
         if members[k].cfg.trainer.save_best == "val" and new_best_val(state.histories[k]):
@@ -465,8 +470,13 @@ def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _open_logger(member: Member, group: str, resumed: bool) -> NullLogger:
     cfg = member.cfg
-    return make_logger(cfg.logger, OmegaConf.to_container(cfg, resolve=True),
-                       run_identity(cfg, group), str(member.run_dir), resume=resumed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.trainer.get("init_from"):  # the run its weights come from: folder and identity
+        from src.run.init_from import parent_identity
+
+        config["parent"] = parent_identity(cfg)
+    return make_logger(cfg.logger, config, run_identity(cfg, group), str(member.run_dir),
+                       resume=resumed)
 
 
 def _close_logger(member: Member, group: str, history: list[dict[str, Any]]) -> None:
