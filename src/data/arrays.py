@@ -2,6 +2,11 @@
 
 Every loader returns channels-last uint8 images (N, H, W, C) and int64 labels. Arrays are
 cached per process, so the runs of a sweep that share a dataset load it once.
+
+Where a dataset comes from: `dataset.npz` when set; else the first of `dataset.archives` (the
+name map in conf/dataset/NAME.yaml, e.g. cifar10: cifar10.npz, cifar10_jpeg.npz) found in
+`dataset.root` (`paths.data_dir`); else torchvision's files there. When none is found, the
+error names every file it tried.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from src.config import with_defaults
 from src.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,14 @@ _TORCHVISION = {
     "cifar10": "CIFAR10",
     "cifar100": "CIFAR100",
     "svhn": "SVHN",
+}
+# What torchvision reads under its root (and what dataset.download=true would fetch there).
+_TORCHVISION_FILES = {
+    "mnist": "MNIST/raw/",
+    "fashion_mnist": "FashionMNIST/raw/",
+    "cifar10": "cifar-10-batches-py/",
+    "cifar100": "cifar-100-python/",
+    "svhn": "train_32x32.mat, test_32x32.mat",
 }
 
 
@@ -71,14 +85,21 @@ def load_arrays(cfg: Mapping[str, Any]) -> Arrays:
     return arrays
 
 
-def local_archive(cfg: Mapping[str, Any]) -> str | None:
-    """`<dataset.root>/<name>.npz` when that file exists: with `paths.data_dir` set once (e.g.
-    in conf/local/), `dataset=mnist` finds `mnist.npz` there without `dataset.npz=...`."""
+def archive_candidates(cfg: Mapping[str, Any]) -> list[Path]:
+    """The offline archives a dataset is looked for as, in order: each of `dataset.archives`
+    (its name map, conf/dataset/NAME.yaml) in `dataset.root`; none without a root."""
     root, name = cfg.get("root"), cfg["name"]
     if not root or name in ("digits", "npz"):
-        return None
-    path = Path(str(root)).expanduser() / f"{name}.npz"
-    return str(path) if path.is_file() else None
+        return []
+    names = with_defaults("dataset", name, cfg)["archives"]
+    return [Path(str(root)).expanduser() / str(n) for n in names]
+
+
+def local_archive(cfg: Mapping[str, Any]) -> str | None:
+    """The first of `archive_candidates` that exists: with `paths.data_dir` set once (e.g. in
+    conf/local/), `dataset=cifar10` finds `cifar10_jpeg.npz` there without `dataset.npz=...`."""
+    found = next((p for p in archive_candidates(cfg) if p.is_file()), None)
+    return None if found is None else str(found)
 
 
 def _load_uncached(cfg: Mapping[str, Any]) -> Arrays:
@@ -88,7 +109,8 @@ def _load_uncached(cfg: Mapping[str, Any]) -> Arrays:
                           "x_train, y_train, x_test, y_test")
     if name == "digits":
         return _load_digits()
-    return _load_torchvision(name, cfg.get("root"), bool(cfg.get("download", False)))
+    return _load_torchvision(name, cfg.get("root"), bool(cfg.get("download", False)),
+                             archive_candidates(cfg))
 
 
 def _load_digits() -> Arrays:
@@ -181,8 +203,10 @@ def _decode_jpeg_scans(z: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_torchvision(name: str, root: str | None, download: bool) -> Arrays:
-    """Load a torchvision dataset from `root`, downloading only when asked."""
+def _load_torchvision(name: str, root: str | None, download: bool,
+                      archives: list[Path]) -> Arrays:
+    """Load a torchvision dataset from `root`, downloading only when asked; `archives` are
+    the offline archives looked for before (none was there), named when this fails too."""
     import torchvision.datasets as tvd
 
     if not root:
@@ -195,10 +219,16 @@ def _load_torchvision(name: str, root: str | None, download: bool) -> Arrays:
         else:
             tr, te = (cls(root, train=t, download=download) for t in (True, False))
     except RuntimeError as err:
+        folder = Path(root).expanduser().resolve()
+        tried = [str(p.resolve()) for p in archives] + [
+            f"torchvision's {_TORCHVISION_FILES[name]} in {folder}"]
         raise ConfigError(
-            "dataset.root", root, f"a folder holding torchvision's {name} files",
-            hint=f"not found under {Path(root).resolve()}: set dataset.download=true to fetch "
-                 f"them, or dataset.npz=PATH for an offline copy; torchvision said: {err}",
+            "dataset.root", root, f"a folder holding an offline {name} archive "
+            f"({', '.join(p.name for p in archives) or 'none named'}) or torchvision's files",
+            hint=f"tried {'; '.join(tried)}: none is there. Point paths.data_dir (or "
+                 f"dataset.root) at the folder that holds one, give an archive elsewhere with "
+                 f"dataset.npz=PATH, or fetch torchvision's with dataset.download=true; "
+                 f"torchvision said: {str(err).strip()}",
         ) from None
     return Arrays(*_tv_split(name, tr), *_tv_split(name, te), source=f"torchvision:{root}")
 

@@ -1,6 +1,7 @@
-"""What a single run says when it ends or stops: its folder, a one-line summary per run, and
-the command that resumes it (the default run folder has a timestamp, so the plain command
-would start a new run)."""
+"""What a single run says when it ends or stops: its folder, a one-line summary per run (and
+debug=overfit's verdict), and the command that resumes it (the default run folder has a
+timestamp, so the plain command would start a new run); and what a job hands back to a sweeper
+that optimises it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+
+from src.run.records import METRICS, read_metrics
 
 
 def shown_path(path: Path) -> str:
@@ -35,7 +38,44 @@ def run_summary(run_dir: Path, results: dict[str, Any] | None, cfg: DictConfig) 
         lines.append(f"{r.get('status', 'unknown')}{seed}: final test accuracy "
                      f"{'n/a' if acc is None else f'{acc:.4f}'}, "
                      f"{r.get('epochs_done', 0)}/{epochs} epochs")
+        if int(cfg.trainer.overfit_batches) > 0:
+            lines.append(overfit_verdict(Path(r.get("run_dir") or run_dir), r, cfg))
     return "\n".join(lines)
+
+
+def overfit_verdict(run_dir: Path, results: dict[str, Any], cfg: DictConfig) -> str:
+    """debug=overfit's answer: PASS when the last epoch's training accuracy on the
+    `trainer.overfit_batches` batches reaches `trainer.overfit_pass_acc`, FAIL with the
+    numbers otherwise (a model, loss or optimiser that cannot fit a batch is broken)."""
+    n, need = int(cfg.trainer.overfit_batches), float(cfg.trainer.overfit_pass_acc)
+    what = f"{n} batch{'es' if n > 1 else ''} of {int(cfg.trainer.batch_size)}"
+    status = results.get("status", "unknown")
+    if status == "diverged":
+        return f"overfit check: FAIL: the run diverged on {what}"
+    history = read_metrics(run_dir / METRICS)
+    if status != "completed" or not history:
+        return f"overfit check: no verdict: the run is {status}, not completed"
+    last = history[-1]
+    acc, loss = float(last["train_acc"]), float(last["train_loss"])
+    numbers = (f"train accuracy {acc:.4f} (loss {loss:.4g}) on {what} after "
+               f"{last['epoch']} epochs")
+    if acc >= need:
+        return f"overfit check: PASS: {numbers}, at least trainer.overfit_pass_acc = {need:g}"
+    return (f"overfit check: FAIL: {numbers}, below trainer.overfit_pass_acc = {need:g}: the "
+            f"model, loss or optimiser cannot fit a few images")
+
+
+def sweep_objective(results: dict[str, Any]) -> float | None:
+    """What a job returns to a sweeper that optimises it (hydra/sweeper=optuna): the best
+    noisy-validation accuracy, never a test metric (choosing on test would make every test
+    number optimistic). Seeds trained together: their mean. None for a run that did not
+    complete (a diverged run's last good number would flatter it) or has no validation split
+    (dataset.val_fraction = 0): a sweeper counts it as a failed trial."""
+    runs = results.get("runs") or [results]
+    values = [r.get("best_val_acc") for r in runs]
+    if any(r.get("status", "completed") != "completed" for r in runs) or None in values:
+        return None
+    return sum(values) / len(values)
 
 
 # What Hydra's override grammar reads in an unquoted value as plain characters.

@@ -67,17 +67,45 @@ def lr_factor(cfg: Mapping[str, Any], steps_per_epoch: int) -> Callable[[int], f
     return factor
 
 
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, stacked: bool) -> None:
+    """Scale the gradients so that their global L2 norm is at most `max_norm`, as
+    torch.nn.utils.clip_grad_norm_ does (factor max_norm / (norm + 1e-6), never above 1).
+
+    `stacked`: every tensor holds M members along its first dimension (StackedTrainer); each
+    member's norm is its own (over its slices of all tensors) and so is its factor, so a
+    member is clipped exactly as its separate run is, whatever it is batched with.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if not stacked:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    members = grads[0].shape[0]
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(members, -1), dim=1)
+                         for g in grads]).norm(dim=0)  # (M,)
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(-1, *[1] * (g.ndim - 1)).to(g.dtype))
+
+
 class Optimisation:
     """Optimizer, schedule and scaler of one trainer, and its one update per step."""
 
     def __init__(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor],
                  cfg: Mapping[str, Any], device: torch.device, steps_per_epoch: int,
-                 scaler: torch.amp.GradScaler) -> None:
+                 scaler: torch.amp.GradScaler, stacked: bool = False) -> None:
+        """`stacked`: the parameters hold M members along their first dimension (gradient
+        clipping is then per member)."""
         self.optimizer = build_optimizer(decay, no_decay, cfg, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, steps_per_epoch))
         self.scaler = scaler
         self.beta1_after, self.decay_start = cfg["beta1_after_decay"], int(cfg["decay_start"])
+        # trainer.grad_clip: null (off) or the largest global gradient norm of a step.
+        self.grad_clip = None if cfg["grad_clip"] is None else float(cfg["grad_clip"])
+        self.params, self.stacked = [*decay, *no_decay], stacked
 
     def begin_epoch(self, epoch: int) -> None:
         """Once an epoch (1-based): Adam's beta1 from `decay_start` on, as Co-teaching's code
@@ -88,7 +116,8 @@ class Optimisation:
 
     def update(self, loss: torch.Tensor,
                mask_grads: Callable[[], None] | None = None) -> None:
-        """Backward of `loss`, an optimizer step (through the fp16 scaler), the schedule's step.
+        """Backward of `loss`, gradient clipping (trainer.grad_clip), an optimizer step
+        (through the fp16 scaler), the schedule's step.
 
         K members trained together pass the sum of their losses: the sum's gradient with
         respect to member k's parameters is member k's own gradient. `mask_grads` runs between
@@ -98,6 +127,11 @@ class Optimisation:
         self.scaler.scale(loss).backward()
         if mask_grads is not None:
             mask_grads()
+        if self.grad_clip is not None:
+            # The norm of the true gradients: fp16's scaled ones are unscaled first (the
+            # scaler's step then does not unscale them again).
+            self.scaler.unscale_(self.optimizer)
+            clip_grad_norm(self.params, self.grad_clip, self.stacked)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
