@@ -32,9 +32,10 @@ from src.config.entry import check_command_line
 from src.errors import ConfigError
 from src.files import read_json
 from src.run import preflight
-from src.run.closing import resume_command, run_summary, shown_path
+from src.run.closing import resume_command, run_summary, shown_path, sweep_objective
 from src.run.preflight import LaunchedJob, job_failed, parallel_job_number, run_jobs
 from src.run.records import RESULTS
+from src.run.submitit_job import signal_policy as submitit_signal_policy
 from src.sweep.validation import install as install_sweep_validation
 from src.training.threads import REGISTRY as THREAD_REGISTRY
 
@@ -56,25 +57,31 @@ def train(cfg: DictConfig, group: str = "", spread: int | None = None) -> dict[s
 
 def train_batch(jobs: list[LaunchedJob]) -> list[float | None]:
     """The batched launcher's entry: the jobs' runs trained together, a bad job failing alone
-    (recorded as a failed job of the sweep). Each job's final test accuracy, as `main` returns
-    it (None for a failed job)."""
+    (recorded as a failed job of the sweep). Each job's sweep objective, as `main` returns it
+    (None for a failed job)."""
     def failed(job: LaunchedJob, err: Exception) -> None:
         job_failed(Path(job.cfg.paths.run_dir), err, multirun=True)
 
-    return [None if r is None else r.get("final_test_acc")
-            for r in run_jobs(jobs, on_error=failed)]
+    return [None if r is None else sweep_objective(r) for r in run_jobs(jobs, on_error=failed)]
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra's entry: returns the final test accuracy (for sweepers that optimise it)."""
+    """Hydra's entry: returns the run's best noisy-validation accuracy, never a test metric,
+    for sweepers that optimise it (src.run.closing.sweep_objective; None without one)."""
     hydra_cfg = HydraConfig.get()
     group, multirun = hydra_cfg.job.override_dirname, hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(cfg.paths.run_dir)
     if not multirun:
+        if cfg.plan is not False:  # a sweep's plan is printed before its jobs
+            from src.sweep.plan import plan_run
+
+            plan_run(cfg, run_dir)
+            return None
         SINGLE_RUN[:] = [run_dir]
     try:
-        results = train(cfg, group=group, spread=parallel_job_number())
+        with submitit_signal_policy():  # a submitit job: checkpoint, then submitit requeues
+            results = train(cfg, group=group, spread=parallel_job_number())
     except Exception as err:
         if not multirun and not isinstance(err, ConfigError):  # a refusal writes no run
             print(run_summary(run_dir, read_json(run_dir / RESULTS), cfg), flush=True)
@@ -82,9 +89,7 @@ def main(cfg: DictConfig) -> float | None:
         return None  # one failed job must not end the sweep
     if not multirun:  # a sweep's jobs end with the sweep's summary instead
         print(run_summary(run_dir, results, cfg), flush=True)
-    # A sweeper optimising the return value must not see a diverged run's last good number.
-    return results.get("final_test_acc") if results.get("status", "completed") == "completed" \
-        else None
+    return sweep_objective(results)
 
 
 def cli() -> None:

@@ -25,10 +25,15 @@ EXECUTION_KEYS: tuple[str, ...] = (
     "trainer.checkpoint_every", "trainer.checkpoint_interval_s", "trainer.keep_checkpoint",
     "trainer.parallel_seeds",
     "trainer.threads", "trainer.save_weights", "trainer.save_best", "trainer.profile",
+    "trainer.overfit_pass_acc",
 )
 # Where an input lives is not what it is: these are replaced by the content hash of the
 # file they name (src.run.identity), so a moved archive is the same run and a changed one not.
-LOCATION_KEYS: tuple[str, ...] = ("dataset.root", "dataset.npz", "dataset.download", "noise.file")
+LOCATION_KEYS: tuple[str, ...] = ("dataset.root", "dataset.npz", "dataset.archives",
+                                  "dataset.download", "noise.file",
+                                  # the run a run starts from: its weights' hash and its
+                                  # fingerprint stand for it (src.run.init_from)
+                                  "trainer.init_from")
 # Replicates of one setting, each with the results.json field it is recorded as: the training
 # seed and the seed of the label-noise draw. Neither is a setting (not in a run's `config`
 # record); the analysis pools a cell's runs over both (each noise draw is a sample of the
@@ -40,9 +45,10 @@ REPLICATE_KEYS: tuple[str, ...] = tuple(REPLICATES)
 SEED_FOLDER_KEY = "trainer.seed"
 # Keys of the launch, the logger and the output folders: never part of what a run is.
 LAUNCH_KEYS: tuple[str, ...] = (
-    "experiment", "skip_completed", "logger", "logger.mode", "logger.project", "logger.entity",
+    "experiment", "hparams_search", "skip_completed", "logger", "logger.mode", "logger.project",
+    "logger.entity",
     "paths.output_dir", "paths.data_dir", "hydra.launcher.n_jobs", "hydra.launcher.max_members",
-    "hydra/launcher", "debug", "local",
+    "hydra/launcher", "debug", "local", "plan",
 )
 # What may differ between runs trained together as one batched model: each member's draws come
 # from its own generators seeded by its seed, its lambdas from its own alpha, and its loss takes
@@ -66,6 +72,11 @@ ADDED_KEYS: dict[str, Any] = {
     "trainer.steps_per_epoch": None,
     "trainer.normalize": True,
     "trainer.last_k": 10,
+    "trainer.grad_clip": None,
+    "dataset.train_subset": None,
+    "dataset.train_subset_seed": None,
+    "trainer.init_from": None,
+    "trainer.init_weights": "best",
 }
 
 
@@ -74,8 +85,16 @@ def sweep_dirname_excludes() -> list[str]:
     return [SEED_FOLDER_KEY, *EXECUTION_KEYS, *LOCATION_KEYS, *LAUNCH_KEYS]
 
 
+def if_negative(value: float, then: Any, otherwise: Any) -> Any:
+    """`then` for a negative value, else `otherwise`: e.g. a warm-up for negative smoothing
+    only, `${if_negative:${augmentation.smoothing},10,0}` (conf/experiment/answer.yaml)."""
+    return then if float(value) < 0 else otherwise
+
+
 if not OmegaConf.has_resolver("sweep_dirname_excludes"):
     OmegaConf.register_new_resolver("sweep_dirname_excludes", sweep_dirname_excludes)
+if not OmegaConf.has_resolver("if_negative"):
+    OmegaConf.register_new_resolver("if_negative", if_negative)
 
 
 @cache

@@ -98,9 +98,17 @@ DATASET = {
     # dataset's, and a tiny one (1e-45) overflows the normalised images to infinity.
     "std": list_of(number(0.001, 10), min_len=1),
     "root": OPT_STR, "npz": OPT_STR, "download": BOOL,
+    # File names looked for in root (src.data.arrays.archive_candidates): names, not paths.
+    "archives": list_of(Rule(lambda v: isinstance(v, str) and v != "" and "/" not in v
+                             and v not in (".", ".."), "a file name")),
     "augment": {"crop_padding": integer(0, 64), "hflip": BOOL},
     "val_fraction": number(0, 1, hi_open=True),
     "val_seed": SEED,
+    "train_subset": Rule(lambda v: v is None or (_is_int(v) and v >= 1)
+                         or (_is_num(v) and not _is_int(v) and 0 < v < 1),
+                         "null (every image), a count >= 1, or a fraction in (0, 1)"),
+    "train_subset_seed": Rule(lambda v: v is None or SEED.check(v),
+                              "null (the noise seed draws the subset) or an integer seed >= 0"),
 }
 def _finite(v: Any) -> bool:
     """A number that is neither infinite nor NaN (the one value unequal to itself)."""
@@ -130,19 +138,26 @@ AUGMENTATION = {
     "switch_prob": Rule(lambda v: _finite(v) and 0 <= v <= 1, "a probability in [0, 1]"),
     "mix_mode": choice("batch", "pair", "elem"),
     "pairing": choice("permutation", "flip"),
-    "mix_layer": STR,
+    # One stage, several (one drawn per batch) or default; the model's names are checked in
+    # check_augmentation (src.models.mix_layer_choice).
+    "mix_layer": Rule(lambda v: (isinstance(v, str) and v != "") or isinstance(v, list),
+                      "'default', a model stage, or a list of model stages"),
 }
 TRAINER = {
     "epochs": integer(1, 100_000), "batch_size": integer(2, 10_000_000),
     "optimizer": choice("sgd", "adamw"), "lr": number(0, 100, lo_open=True),
     "momentum": number(0, 1, hi_open=True), "nesterov": BOOL, "weight_decay": number(0, 1),
     "decay_all": BOOL,
+    "grad_clip": Rule(lambda v: v is None or (_finite(v) and v > 0),
+                      "null (off) or a finite number > 0: the largest global gradient norm"),
     "schedule": choice("cosine", "multistep", "constant", "linear"),
     "decay_start": integer(0), "beta1_after_decay": Rule(
         lambda v: v is None or (_finite(v) and 0 <= v < 1), "null or a number in [0, 1)"),
     "steps_per_epoch": Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                             "null (the whole training split) or an integer >= 1"),
     "normalize": BOOL, "last_k": integer(1),
+    # The run folder to start from (src.run.init_from checks it on disk), and which weights.
+    "init_from": OPT_STR, "init_weights": choice("best", "last"),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),
     "warmup_epochs": NON_NEG, "eval_every": integer(1), "eval_batch_size": integer(1),
     "device": STR, "amp": choice(*AMP_CHOICES),
@@ -153,6 +168,7 @@ TRAINER = {
     "keep_checkpoint": BOOL,
     "parallel_seeds": list_of(SEED),
     "save_weights": BOOL, "save_best": choice("val", "none"), "overfit_batches": integer(0),
+    "overfit_pass_acc": number(0, 1, lo_open=True),
     "profile": BOOL,
     "threads": Rule(lambda v: v == "auto" or (_is_int(v) and 1 <= v <= 4096),
                     "auto or an integer from 1 to 4096"),
@@ -179,7 +195,7 @@ NAME = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-
             "a plain name of letters, digits, '_', '.' and '-' (no '/' or '..': it names a "
             "folder under paths.output_dir)")
 ROOT = {"task_name": NAME, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
-        "skip_completed": BOOL}
+        "skip_completed": BOOL, "plan": BOOL}
 
 
 def check_section(prefix: str, values: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
@@ -233,6 +249,7 @@ def validate(cfg: DictConfig) -> None:
     check_model(plain["model"], tuple(ds["image_shape"]), ds["num_classes"])
     check_augmentation(plain["augmentation"], plain["model"]["name"], ds, plain["trainer"])
     check_schedule(plain["trainer"])
+    check_init_weights(plain["trainer"])
     check_parallel_seeds(plain["trainer"]["parallel_seeds"], plain["model"],
                          str(plain["trainer"]["amp"]))
 
@@ -257,14 +274,11 @@ def check_augmentation(aug: Mapping[str, Any], model: str, ds: Mapping[str, Any]
         raise ConfigError("augmentation.cutmix_minmax", lo_hi,
                           f"a range of box sides that spans at least one pixel of the {h}x{w} "
                           "images (int(side * min) < int(side * max))")
-    from src.models import mix_layers
+    from src.models import mix_layer_choice
     from src.models.manifold import INPUT
 
-    layers = mix_layers(model)
-    if aug["mix_layer"] not in layers:
-        raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
-                          f"a Manifold Mixup stage of model {model}: one of {list(layers)}")
-    if aug["mix_layer"] != INPUT and (aug["cutmix_alpha"] > 0 or lo_hi is not None):
+    if mix_layer_choice(model, aug["mix_layer"]) != (INPUT,) and (
+            aug["cutmix_alpha"] > 0 or lo_hi is not None):
         raise ConfigError("augmentation.mix_layer", aug["mix_layer"],
                           f"{INPUT!r} with CutMix (cutmix_alpha > 0 or a cutmix_minmax)",
                           hint="CutMix pastes image boxes: it mixes the input only")
@@ -276,6 +290,16 @@ def check_schedule(trainer: Mapping[str, Any]) -> None:
     if trainer["beta1_after_decay"] is not None and trainer["optimizer"] != "adamw":
         raise ConfigError("trainer.beta1_after_decay", trainer["beta1_after_decay"],
                           "null with trainer.optimizer=sgd", hint="beta1 is Adam's momentum")
+
+
+def check_init_weights(trainer: Mapping[str, Any]) -> None:
+    """trainer.init_weights names a file of the run trainer.init_from names: without one it
+    stays at its default, which leaves the fingerprint of a run from scratch as it was."""
+    if trainer["init_from"] is None and trainer["init_weights"] != "best":
+        raise ConfigError("trainer.init_weights", trainer["init_weights"],
+                          "best (the default) while trainer.init_from is null",
+                          hint="it picks the weights file of the run that trainer.init_from "
+                               "names; a run from scratch has none")
 
 
 def check_parallel_seeds(seeds: list[int], model: Mapping[str, Any], amp: str) -> None:

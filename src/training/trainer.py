@@ -18,7 +18,11 @@ Per-member settings: each member's lambdas are drawn from its own alpha by its o
 (a member with alpha = 0 draws nothing, mixes with weight 1 and partners that are itself, which
 leaves its batch and loss exactly unmixed), and the loss takes each member's uniform mass as a
 (M,) tensor, zero for a member before its own smoothing_start_epoch. So a member draws what its
-separate run draws, in the same order. Every other mixing key is one for all members.
+separate run draws, in the same order. Every other mixing key is one for all members. Where
+each batch draws its Manifold Mixup stage (`augmentation.mix_layer` a list, or `default`: the
+model's MANIFOLD_LAYERS, as Verma et al.'s code draws k), each member draws its own stage with
+its own generator and counts them (EpochStats.mix_layer_counts); stacked members mix each at its
+own stage in one vmapped call (StackedTrainer._call_drawn).
 
 Stacked members (`trainer.parallel_seeds`, the batched launcher): their parameters and buffers
 are stacked (`torch.func.stack_module_state`) and the architecture is called once per step
@@ -26,10 +30,11 @@ through `vmap(functional_call)`, so every layer is one batched kernel instead of
 BatchNorm keeps per-member running statistics (the stacked buffers are vmapped with the
 parameters). The loss is the sum of the M member losses, so each member's gradient is exactly
 its own; SGD and AdamW are elementwise, so one optimizer over the stacked tensors is M
-independent ones. A member that diverged is stopped (`stop_member`): its loss is left out of
-the sum and its gradients zeroed, so its failure stays its own. What would couple members is
-refused before they are stacked (src.config.validate.cannot_stack): fp16 loss scaling (one
-scaler) and dropout (one random stream).
+independent ones; gradient clipping (trainer.grad_clip) takes each member's own global norm
+(src.training.optim.clip_grad_norm). A member that diverged is stopped (`stop_member`): its
+loss is left out of the sum and its gradients zeroed, so its failure stays its own. What would
+couple members is refused before they are stacked (src.config.validate.cannot_stack): fp16
+loss scaling (one scaler) and dropout (one random stream).
 
 Equality with M separate runs: data order, augmentation draws, lambdas and initial weights are
 identical; the arithmetic is not the same code path (a vmapped linear layer
@@ -45,6 +50,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +75,8 @@ from src.config import with_defaults
 from src.config.options import CUDA_GRAPH_MODES
 from src.data.crop_flip import augment
 from src.data.tensors import TrainData
+from src.models import MODELS
+from src.training.checkpoint import BEST_WEIGHTS, LAST_WEIGHTS, load_weights
 from src.training.device import Execution
 from src.training.model_cache import COMPILE_OPTIONS, compile_mode, compiled, fresh_model
 from src.training.optim import Optimisation
@@ -85,6 +93,9 @@ class EpochStats:
     lr: float
     finite: bool = True
     interrupted: bool = False
+    # How many of the epoch's batches were mixed at each stage, where each batch draws its
+    # stage (augmentation.mix_layer a list or default); None otherwise.
+    mix_layer_counts: dict[str, int] | None = None
 
 
 @dataclass
@@ -101,23 +112,30 @@ class EpochState:
     lr: float
     cut: torch.Tensor | None = None  # like lams, bool: CutMix instead of Mixup (both on)
     boxes: torch.Tensor | None = None  # lams' shape + (4,): CutMix boxes, None without CutMix
+    # Each member's stage per step (an index into MixSettings.layers), on the host so that a
+    # step reads its stage without waiting for the device; None for a member that draws none
+    # (the whole list None unless the stage is drawn per batch).
+    layers: list[list[int] | None] | None = None
 
 
 @dataclass
 class Batch:
     """One training step's input: images (mixed, or under Manifold Mixup unmixed), each
     sample's own label and its partner's, lambda (per batch or per sample), and, under
-    Manifold Mixup only, the partners the model mixes its hidden state with."""
+    Manifold Mixup only, the partners the model mixes its hidden state with and, where each
+    batch draws its stage, that stage (one model: its name; stacked: each member's index)."""
 
     x: torch.Tensor
     y: torch.Tensor
     y2: torch.Tensor
     lam: torch.Tensor
     partners: torch.Tensor | None = None
+    layer: str | torch.Tensor | None = None
 
     def detached(self) -> Batch:
         fields = (self.x, self.y, self.y2, self.lam, self.partners)
-        return Batch(*(None if t is None else t.detach() for t in fields))
+        layer = self.layer.detach() if torch.is_tensor(self.layer) else self.layer
+        return Batch(*(None if t is None else t.detach() for t in fields), layer)
 
 
 class Trainer:
@@ -126,9 +144,10 @@ class Trainer:
 
     def __init__(self, data: TrainData, cfg: Mapping[str, Any],
                  aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-                 execution: Execution, seeds: Sequence[int]) -> None:
+                 execution: Execution, seeds: Sequence[int], model_cls: type[nn.Module]) -> None:
         """`aug_cfg`: the augmentation of every member, or one per member (which may differ in
-        mixup_alpha, smoothing and smoothing_start_epoch only)."""
+        mixup_alpha, smoothing and smoothing_start_epoch only); `model_cls`: the architecture,
+        whose MIX_LAYERS and MANIFOLD_LAYERS resolve `mix_layer`."""
         # Partial mappings (a bench's, a test's) take the rest from conf/ (the one place the
         # defaults are written): the trainer reads every key as cfg[key].
         self.cfg = cfg = with_defaults("trainer", "default", cfg)
@@ -136,7 +155,8 @@ class Trainer:
         self.device = dev = execution.device
         self.seeds = [int(s) for s in seeds]
         augs = member_augmentations(aug_cfg, len(self.seeds))
-        self.member_mixing = [MixSettings.from_config(a) for a in augs]
+        self.member_mixing = [MixSettings.from_config(a).for_model(
+            tuple(model_cls.MIX_LAYERS), tuple(model_cls.MANIFOLD_LAYERS)) for a in augs]
         # What the members share (every key but alpha): partners, mix mode, CutMix, the layer.
         self.mixing = self.member_mixing[0]
         # The loss takes the uniform mass of either smoothing convention (src.augmentation).
@@ -165,9 +185,10 @@ class Trainer:
         # step, so its inf or NaN can never reach another member (src.run.lifecycle stops it).
         self.live: torch.Tensor | None = None
 
-    def _optimisation(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor]) -> None:
+    def _optimisation(self, decay: list[torch.Tensor], no_decay: list[torch.Tensor],
+                      stacked: bool = False) -> None:
         self.optim = Optimisation(decay, no_decay, self.cfg, self.device, self.steps_per_epoch,
-                                  self.execution.grad_scaler())
+                                  self.execution.grad_scaler(), stacked)
 
     # ------------------------------------------------------------- what the variants supply
 
@@ -180,9 +201,15 @@ class Trainer:
         raise NotImplementedError
 
     def _forward(self, x: torch.Tensor,
-                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 layer: str | torch.Tensor | None = None) -> torch.Tensor:
         """Training logits; with `hidden_mix` = (lambda, partners) the model mixes the hidden
-        state after stage `augmentation.mix_layer` (Manifold Mixup)."""
+        state after stage `augmentation.mix_layer` (Manifold Mixup), or after the batch's
+        drawn stage `layer` (Batch.layer)."""
+        raise NotImplementedError
+
+    def _drawn_layer(self, step: int) -> str | torch.Tensor:
+        """Step `step`'s drawn stage in the variant's form (Batch.layer)."""
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,6 +220,10 @@ class Trainer:
         raise NotImplementedError
 
     def _load_weights(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _load_member_weights(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Member k's weights from one model's state_dict."""
         raise NotImplementedError
 
     # ------------------------------------------------------------- shared
@@ -206,13 +237,26 @@ class Trainer:
     def lr(self) -> float:
         return self.optim.lr
 
+    def start_from_parent(self) -> Path | None:
+        """Load the weights of the run `trainer.init_from` names into every member, as Wei et
+        al. (2022) fine-tune their warmed-up model: the model only, the optimiser, schedule
+        and generators stay fresh. The file loaded, or None (from scratch)."""
+        path = init_weights_file(self.cfg)
+        if path is not None:
+            weights = load_weights(path)
+            for k in range(len(self.seeds)):
+                self._load_member_weights(k, weights)
+        return path
+
     def begin_epoch(self) -> None:
         """Draw each member's sample order and mixing (lambdas, CutMix boxes) for the epoch."""
+        if self.epochs_done == 0:  # a fresh run; a resumed one has its weights already
+            self.start_from_parent()
         n, steps = len(self.data.train), self.steps_per_epoch
         self.optim.begin_epoch(self.epochs_done + 1)
         order = torch.stack([torch.randperm(n, generator=g, device=self.device)
                              for g in self.gens])
-        lams = cut = boxes = None
+        lams = cut = boxes = layers = None
         if any(m.mixes for m in self.member_mixing):
             # Drawn on the host for the whole epoch and sent once: no sync inside the step.
             hw = (int(self.data.train.x.shape[-2]), int(self.data.train.x.shape[-1]))
@@ -232,9 +276,11 @@ class Trainer:
                     for d in draws])).to(self.device)
             if drawn.boxes is not None:  # CutMix is on for every member, or for none
                 boxes = torch.from_numpy(np.stack([d.boxes for d in draws])).to(self.device)
+            if drawn.layer is not None:  # Python ints: a checkpoint holds them as they are
+                layers = [None if d is None else d.layer.tolist() for d in draws]
         zero = torch.zeros(len(self.seeds), device=self.device)
         self.epoch_state = EpochState(order, lams, 0, zero.clone(), zero.clone(), 0.0, self.lr,
-                                      cut, boxes)
+                                      cut, boxes, layers)
 
     def batch(self, step: int) -> Batch:
         """Step `step` of the epoch: images, both label sets and lambda (per batch or per
@@ -258,7 +304,8 @@ class Trainer:
             lam, cut, boxes = (None if t is None else share_within_pairs(t, perm)
                                for t in (lam, cut, boxes))
         if mixing.manifold:
-            return Batch(x, y, pair_with(y, perm), lam, perm)
+            layer = self._drawn_layer(step) if st.layers is not None else None
+            return Batch(x, y, pair_with(y, perm), lam, perm, layer)
         if boxes is None:
             x, y2 = mix(x, y, lam, perm)
             return Batch(x, y, y2, lam)
@@ -272,7 +319,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         with self.execution.autocast():
             logits = self._forward(batch.x) if perm is None else \
-                self._forward(batch.x, (lam, perm))
+                self._forward(batch.x, (lam, perm), batch.layer)
         loss = mixup_smoothing_loss(logits, y, y2, lam, self.smoothing_mass())
         if self.live is None:
             self.optim.update(loss.sum())
@@ -341,8 +388,17 @@ class Trainer:
         images = steps * self.batch_size
         # Divided on the host in float64: the figures do not depend on M.
         return [EpochStats(loss / steps, correct / images, st.seconds, images, st.lr,
-                           finite=math.isfinite(loss / steps))
-                for loss, correct in zip(st.loss_sum.tolist(), st.correct_sum.tolist())]
+                           finite=math.isfinite(loss / steps), mix_layer_counts=counts)
+                for loss, correct, counts in zip(st.loss_sum.tolist(), st.correct_sum.tolist(),
+                                                 self._layer_counts(st))]
+
+    def _layer_counts(self, st: EpochState) -> list[dict[str, int] | None]:
+        """Each member's number of batches mixed at each stage this epoch (drawn stages only;
+        a member that draws none has None, as its separate run)."""
+        if st.layers is None:
+            return [None] * len(self.seeds)
+        return [None if drawn is None else {s: drawn.count(i) for i, s in enumerate(m.layers)}
+                for drawn, m in zip(st.layers, self.member_mixing)]
 
     def train_mode(self) -> None:
         raise NotImplementedError
@@ -378,6 +434,18 @@ class Trainer:
         self.epochs_done = int(state.get("epochs_done", 0))
 
 
+# trainer.init_weights: which weights file of the run `trainer.init_from` names a run starts
+# from (src.run.init_from): its best noisy-validation epoch's, or its final model's.
+INIT_WEIGHTS = {"best": BEST_WEIGHTS, "last": LAST_WEIGHTS}
+
+
+def init_weights_file(cfg: Mapping[str, Any]) -> Path | None:
+    """The weights file a run of trainer config `cfg` starts from; None: from scratch."""
+    if cfg["init_from"] is None:
+        return None
+    return Path(str(cfg["init_from"])).expanduser() / INIT_WEIGHTS[cfg["init_weights"]]
+
+
 def member_augmentations(aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                          members: int) -> list[dict[str, Any]]:
     """One complete augmentation config per member (conf/augmentation/none.yaml under a partial
@@ -411,7 +479,7 @@ class SingleTrainer(Trainer):
 
     def __init__(self, model: nn.Module, data: TrainData, cfg: Mapping[str, Any],
                  aug_cfg: Mapping[str, Any], execution: Execution, seed: int) -> None:
-        super().__init__(data, cfg, aug_cfg, execution, [seed])
+        super().__init__(data, cfg, aug_cfg, execution, [seed], type(model))
         self.model = model
         self._optimisation(*decay_groups(list(model.parameters()), 1, self.cfg))
         # Compiled once per model object (src.training.model_cache keeps the object across
@@ -441,12 +509,17 @@ class SingleTrainer(Trainer):
         d = self.data
         return self.normalise(augment(d.train.x[idx], d.crop_padding, d.hflip, self.gens[0]))
 
+    def _drawn_layer(self, step: int) -> str:
+        return self.mixing.layers[self.epoch_state.layers[0][step]]
+
     def _forward(self, x: torch.Tensor,
-                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 layer: str | torch.Tensor | None = None) -> torch.Tensor:
         if hidden_mix is None:
             return self.forward(x)
         lam, perm = hidden_mix
-        return self.forward(x, mix_at=self.mixing.mix_layer,
+        # A drawn stage is a Python string: a compiled model keeps one graph per stage.
+        return self.forward(x, mix_at=self.mixing.mix_layer if layer is None else layer,
                             mixer=lambda h: blend(h, lam, perm))
 
     def train_mode(self) -> None:
@@ -480,6 +553,9 @@ class SingleTrainer(Trainer):
     def _load_weights(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state)
 
+    def _load_member_weights(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
 
 # cuDNN's batch norm under vmap on CUDA fails twice: it asks a batched tensor for its
 # channels-last contiguity (not implemented inside vmap), and its backward wants bf16 running
@@ -506,7 +582,7 @@ class StackedTrainer(Trainer):
                  aug_cfg: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                  execution: Execution, seeds: Sequence[int]) -> None:
         execution = Execution(execution.device, execution.amp_dtype, channels_last=False)
-        super().__init__(data, cfg, aug_cfg, execution, seeds)
+        super().__init__(data, cfg, aug_cfg, execution, seeds, MODELS[model_cfg["name"]])
         models = [fresh_model(model_cfg, in_shape, data.num_classes, execution, s)
                   for s in self.seeds]
         params, self.buffers = stack_module_state(models)
@@ -520,15 +596,19 @@ class StackedTrainer(Trainer):
                     m.register_forward_hook(_bn_exit)
         # Weight decay on what is a matrix or kernel in one member (ndim > 1 there).
         # A member's matrix or kernel has one more dimension here (the M stacked members).
-        self._optimisation(*decay_groups(list(self.params.values()), 2, self.cfg))
+        self._optimisation(*decay_groups(list(self.params.values()), 2, self.cfg), stacked=True)
         self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
         self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
-        # Manifold Mixup: each member's lambda and partners go in with its batch.
+        # Manifold Mixup: each member's lambda and partners go in with its batch, and, where
+        # each batch draws its stage, each member's stage index.
         self._mixed_fn = vmap(self._call_mixed, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        self._drawn_fn = vmap(self._call_drawn, in_dims=(0,) * 6, randomness="different")
+        self._sent_layers: tuple[EpochState, torch.Tensor] | None = None
         if bool(self.cfg["compile"]):
             self._train_fn = torch.compile(self._train_fn, **COMPILE_OPTIONS)
             self._eval_fn = torch.compile(self._eval_fn, **COMPILE_OPTIONS)
             self._mixed_fn = torch.compile(self._mixed_fn, **COMPILE_OPTIONS)
+            self._drawn_fn = torch.compile(self._drawn_fn, **COMPILE_OPTIONS)
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (x,))
@@ -539,6 +619,30 @@ class StackedTrainer(Trainer):
         return functional_call(self.base, (params, buffers), (x,),
                                {"mix_at": self.mixing.mix_layer,
                                 "mixer": lambda h: blend(h, lam, perm)})
+
+    def _call_drawn(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
+                    perm: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+        """One member's forward that mixes after its drawn stage `layer` (an index into the
+        stages). One vmapped call cannot branch per member, so every stage gets a mixer, and
+        the member's lambda is 1 at the stages it did not draw: 1 * h + 0 * h[perm] is h
+        exactly, so each member mixes where its separate run does."""
+        def at(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda h: blend(h, torch.where(layer == i, lam, torch.ones_like(lam)), perm)
+
+        stages = self.mixing.layers
+        return functional_call(self.base, (params, buffers), (x,),
+                               {"mix_at": stages,
+                                "mixer": {s: at(i) for i, s in enumerate(stages)}})
+
+    def _drawn_layer(self, step: int) -> torch.Tensor:
+        """(M,) each member's stage index at `step`; sent to the device once an epoch (a
+        copy from the host would wait for the device's queue at every step)."""
+        st = self.epoch_state
+        if self._sent_layers is None or self._sent_layers[0] is not st:
+            # A member that mixes nothing draws no stage: lambda 1 leaves it unmixed anywhere.
+            rows = [[0] * self.steps_per_epoch if r is None else r for r in st.layers]
+            self._sent_layers = (st, torch.tensor(rows, device=self.device))
+        return self._sent_layers[1][:, step]
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -560,10 +664,13 @@ class StackedTrainer(Trainer):
         return self.normalise(x)
 
     def _forward(self, x: torch.Tensor,
-                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 layer: str | torch.Tensor | None = None) -> torch.Tensor:
         if hidden_mix is None:
             return self._train_fn(self.params, self.buffers, x)
-        return self._mixed_fn(self.params, self.buffers, x, *hidden_mix)
+        if layer is None:
+            return self._mixed_fn(self.params, self.buffers, x, *hidden_mix)
+        return self._drawn_fn(self.params, self.buffers, x, *hidden_mix, layer)
 
     def train_mode(self) -> None:
         self.base.train()
@@ -594,3 +701,12 @@ class StackedTrainer(Trainer):
             self.params[k].copy_(v)
         for k, v in state["buffers"].items():
             self.buffers[k].copy_(v)
+
+    @torch.no_grad()
+    def _load_member_weights(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
+        tensors = self.params | self.buffers
+        if set(state) != set(tensors):
+            odd = sorted(set(state) ^ set(tensors))
+            raise ValueError(f"the weights are not this model's: {', '.join(odd[:3])} differ")
+        for name, t in tensors.items():
+            t[k].copy_(state[name])
