@@ -68,6 +68,9 @@ CASES = {
                "+panel=fmnist_mlp_clean,mnist_mlp_asym40", "augmentation.mixup_alpha=0,0.4",
                "augmentation.smoothing=-0.4,0", "trainer.seed=0", "noise.seed=0,1",
                "augmentation.smoothing_start_epoch='${if_negative:${augmentation.smoothing},1,0}'"],
+    "answer_gpu": TINY_GPU_STUDY + ["+panel=cifar10_preact_sym50,cifar10n_preact_worse",
+                                    "augmentation.mixup_alpha=0,1", "augmentation.smoothing=0",
+                                    "trainer.seed=0"],
     "gls_stage1": ["dataset=digits", "model=cnn", "trainer.epochs=2", "trainer.milestones=[1]",
                    "noise.rate=0.4", "trainer.seed=0,1"] + SMALL_CNN,
 }
@@ -75,7 +78,7 @@ CASES = {
 COVERED_ELSEWHERE = {"gls_stage2": "tests/test_init_from.py (stage 1, then stage 2 from it)"}
 EXPECTED_RUNS = {"quickstart": 16, "noise_sweep": 8, "eps_alpha_grid": 4, "model_families": 6,
                  "mixup_paper_cifar10": 4, "cifar10n": 4, "gls_noise": 4,
-                 "repro_jocor_mnist": 4, "answer": 16, "gls_stage1": 2}
+                 "repro_jocor_mnist": 4, "answer": 16, "gls_stage1": 2, "answer_gpu": 4}
 
 
 def test_every_experiment_file_has_a_case():
@@ -86,14 +89,18 @@ def test_every_experiment_file_has_a_case():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_experiment_runs_as_a_real_multirun(tmp_path, cifar_like, name):
     extra = list(CASES[name])
-    if name in ("mixup_paper_cifar10", "cifar10n"):
+    if name in ("mixup_paper_cifar10", "cifar10n", "answer_gpu"):
         extra.append(f"dataset.npz={cifar_like / 'c.npz'}")
+    if name == "answer_gpu":  # its human-label panel reads the labels under paths.data_dir
+        extra.append(f"paths.data_dir={cifar_like}")
     if name == "cifar10n":
         extra.append(f"noise.file={cifar_like / 'CIFAR-10_human.pt'}")
     if name in ("repro_jocor_mnist", "answer"):
         extra.append(f"dataset.npz={cifar_like / 'm.npz'}")
     analyse = name == "quickstart"  # the analysis callback is tested once, on the quickstart
-    out = run_module([f"+experiment={name}"] + extra + ([] if analyse else NO_ANALYSIS),
+    flags = [a for a in extra if a == "-m"]  # Hydra's flags come before the overrides
+    extra = [a for a in extra if a != "-m"]
+    out = run_module(flags + [f"+experiment={name}"] + extra + ([] if analyse else NO_ANALYSIS),
                      cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     study = tmp_path / "outputs" / name
