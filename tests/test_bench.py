@@ -19,10 +19,12 @@ RESULT_FIELDS = {"name", "seconds", "seconds_all", "device_seconds", "images", "
 SUMMARY_FIELDS = {"suite_images_per_s", "reference_images_per_s", "reference_best_workers",
                   "speedup_vs_reference",
                   "bare_images_per_s", "overhead_vs_bare", "achieved_tflops",
-                  "flop_floor_fraction", "multiseed_images_per_s", "multiseed_speedup"}
+                  "flop_floor_fraction", "multiseed_images_per_s", "multiseed_speedup",
+                  "eval_images_per_s"}
 MACHINE_FIELDS = {"platform", "processor", "cpu_count", "torch_threads", "torch", "python",
                   "device", "device_name"}
-CONFIG_FIELDS = {"dataset", "shape", "num_classes", "n_train", "model", "model_args", "alpha",
+CONFIG_FIELDS = {"dataset", "shape", "num_classes", "n_train", "model", "model_args",
+                 "trainer", "eval", "alpha",
                  "eps", "batch_size", "device", "amp", "compile", "compile_mode", "channels_last",
                  "crop_padding", "hflip", "warmup", "repeats", "steps", "ref_workers",
                  "parallel_seeds", "peak_tflops", "smoke"}
@@ -30,7 +32,7 @@ CONFIG_FIELDS = {"dataset", "shape", "num_classes", "n_train", "model", "model_a
 
 def test_smoke_run_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--smoke", "--parallel-seeds", "2", "--out", str(out)])
+    bench.main(["--smoke", "--parallel-seeds", "2", "--eval", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["schema"] == 1 and report["command"].startswith("python -m src.tools.bench")
     assert MACHINE_FIELDS <= set(report["machine"])
@@ -39,7 +41,8 @@ def test_smoke_run_writes_the_documented_json(tmp_path, capsys):
     assert report["flops"]["train_per_image"] == 3 * report["flops"]["forward_per_image"] > 0
     names = [r["name"] for r in report["results"]]
     assert names == ["suite_step", "suite_epoch", "bare_step", "reference_epoch_workers_0",
-                     "multiseed_epoch"]
+                     "multiseed_epoch", "suite_eval"]
+    assert report["results"][-1]["images"] == report["config"]["n_train"]  # the whole split
     for r in report["results"]:
         assert set(r) == RESULT_FIELDS and r["seconds"] > 0 and r["images"] > 0
     assert set(report["summary"]) == SUMMARY_FIELDS
@@ -206,3 +209,17 @@ def test_failed_sweep_is_reported_with_its_error(tmp_path):
         sweep_time.main(["augmentation.smoothing=2", "--dir", str(tmp_path / "s"),
                          "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_trainer_option_is_composed_before_the_bench_options(tmp_path):
+    out = tmp_path / "b.json"
+    bench.main(["--smoke", "--trainer", "cifar", "--no-reference", "--out", str(out)])
+    cfg = json.loads(out.read_text())["config"]
+    assert cfg["trainer"] == "cifar" and cfg["eval"] is False
+    assert bench.parse_args(["--smoke", "--trainer", "cifar"]).config.trainer.decay_all is True
+
+
+def test_an_unknown_trainer_option_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--smoke", "--trainer", "nosuch"])
+    assert "nosuch" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""Device and precision choices: auto, explicit GPUs, spreading parallel jobs over GPUs."""
+"""Device and precision choices: auto, explicit GPUs, spreading parallel jobs over GPUs
+(balanced placement: tests/test_gpu_readiness.py)."""
 
 import pytest
 import torch
 
 from src.errors import ConfigError
+from src.training import device
 from src.training.device import resolve_amp, resolve_device
 
 
@@ -20,9 +22,12 @@ def test_cuda_without_a_gpu_is_an_error_not_a_fallback(monkeypatch):
 
 
 @pytest.mark.parametrize("job,gpu", [(0, 0), (1, 1), (2, 2), (3, 0), (7, 1)])
-def test_parallel_jobs_spread_over_the_gpus(monkeypatch, job, gpu):
+def test_parallel_jobs_spread_over_the_gpus(monkeypatch, tmp_path, job, gpu):
+    """Workers starting together see every GPU free: the job number spreads them."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(device, "GPU_CLAIMS", tmp_path)  # no other process holds a GPU
+    monkeypatch.setattr(device, "_process_gpu", None)  # a fresh worker
     assert resolve_device("auto", spread=job) == torch.device("cuda", gpu)
     assert resolve_device("auto") == torch.device("cuda", 0)  # sequential: stay on one GPU
 

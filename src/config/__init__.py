@@ -77,6 +77,7 @@ ADDED_KEYS: dict[str, Any] = {
     "dataset.train_subset_seed": None,
     "trainer.init_from": None,
     "trainer.init_weights": "best",
+    "trainer.memorization_subset": None,
 }
 
 

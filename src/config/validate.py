@@ -156,6 +156,9 @@ TRAINER = {
     "steps_per_epoch": Rule(lambda v: v is None or (_is_int(v) and v >= 1),
                             "null (the whole training split) or an integer >= 1"),
     "normalize": BOOL, "last_k": integer(1),
+    "memorization_subset": Rule(lambda v: v is None or (_is_int(v) and v >= 1),
+                                "null (every training image) or an integer >= 1: how many "
+                                "training images estimate memorisation"),
     # The run folder to start from (src.run.init_from checks it on disk), and which weights.
     "init_from": OPT_STR, "init_weights": choice("best", "last"),
     "milestones": list_of(POSITIVE), "gamma": number(0, 1, lo_open=True),

@@ -49,6 +49,7 @@ from src.training.device import Execution, resolve_execution
 from src.training.evaluate import (
     calibration_metrics,
     classification_metrics,
+    memorization_indices,
     temperature_scaled_ece,
 )
 from src.training.model_cache import get_model
@@ -254,8 +255,13 @@ def evaluate_members(trainer: Trainer, data: TrainData, members: list[int],
     rows: dict[int, dict[str, Any]] = {k: {} for k in members}
     test = trainer.predict(data.test.x)
     val = trainer.predict(data.val.x) if data.val is not None else None
-    train_pred = trainer.predict(data.train.x).argmax(-1).cpu().numpy()
     given, true = data.train.y.cpu().numpy(), data.y_true.cpu().numpy()
+    train_x, keep = data.train.x, memorization_indices(trainer.cfg["memorization_subset"],
+                                                       len(data.train))
+    if keep is not None:  # trainer.memorization_subset: a fixed subset of the training split
+        train_x, given, true = train_x[torch.from_numpy(keep).to(train_x.device)], \
+            given[keep], true[keep]
+    train_pred = trainer.predict(train_x).argmax(-1).cpu().numpy()
     for k in members:
         rows[k].update({f"test_{n}": v for n, v in
                         classification_metrics(test[k], data.test.y).items()})

@@ -4,6 +4,7 @@
     python -m src.tools.bench --shape 3,32,32 --num-classes 10 --n 50000 \\
         --model preact_resnet18 --device cuda --batch-size 512 --amp bf16 --compile
     python -m src.tools.bench --smoke                                             # CI: seconds
+    python -m src.tools.bench_check                        # exit 1 if the step is > 5 % behind bare
 
 Everything runs in one process on the same model architecture, data and device:
 
@@ -20,6 +21,13 @@ Everything runs in one process on the same model architecture, data and device:
 * `multiseed_epoch` (with `--parallel-seeds K`): K seeds trained as one batched model
   (src.training.trainer.StackedTrainer); `multiseed_speedup` = its images/s over the
   single-seed suite's.
+* `suite_eval` (with `--eval`): the suite's evaluation forward (`Trainer.predict`, padded
+  batches of `trainer.eval_batch_size`, compiled where chosen) over the whole training split,
+  what every evaluated epoch predicts for the memorisation metrics.
+
+`--trainer NAME` composes `trainer=NAME` (conf/trainer, e.g. `cifar`: the Mixup paper's recipe)
+before the options above are applied. `python -m src.tools.bench_check` runs the bench and
+fails when the suite's step falls more than 5 % behind its bare loop (src.tools.bench_check).
 
 Each measurement runs `--warmup` times untimed (compilation, allocator and cuDNN warm-up),
 then `--repeats` times; the table and the JSON give the median. Wall time is taken on a
@@ -36,20 +44,21 @@ JSON (`--out`, default outputs/bench/bench.json), one object:
 * `machine`: `platform`, `processor`, `cpu_count`, `torch_threads`, `torch`, `python`,
   `device` (e.g. `cpu`, `cuda:0`), `device_name`;
 * `config`: `dataset`, `shape` [C, H, W], `num_classes`, `n_train`, `model`, `model_args`,
-  `alpha`, `eps`, `batch_size`, `device`, `amp`, `compile`, `compile_mode` (the
-  torch.compile mode used, null for eager), `channels_last`, `crop_padding`,
-  `hflip`, `warmup`, `repeats`, `steps`, `ref_workers`, `parallel_seeds`, `peak_tflops`,
-  `smoke`;
+  `trainer` (the conf/trainer option), `alpha`, `eps`, `batch_size`, `device`, `amp`,
+  `compile`, `compile_mode` (the torch.compile mode used, null for eager), `channels_last`,
+  `crop_padding`, `hflip`, `warmup`, `repeats`, `steps`, `ref_workers`, `parallel_seeds`,
+  `eval`, `peak_tflops`, `smoke`;
 * `flops`: `forward_per_image`, `train_per_image` (FLOPs);
 * `results`: a list, one object per measurement: `name` (`suite_step`, `suite_epoch`,
   `bare_step`, `reference_epoch_workers_N` for each DataLoader worker count N timed,
-  `multiseed_epoch`), `seconds` (median wall time of one
+  `multiseed_epoch`, `suite_eval`), `seconds` (median wall time of one
   unit: a step or an epoch), `seconds_all` (every repeat), `device_seconds` (median CUDA-event
   time, null on CPU), `images` (per unit), `images_per_s` (images / seconds);
 * `summary`: `suite_images_per_s` (epoch), `reference_images_per_s` (the fastest worker
   count's), `reference_best_workers`, `speedup_vs_reference` (against that fastest),
   `bare_images_per_s`, `overhead_vs_bare`, `achieved_tflops` (suite epoch),
-  `flop_floor_fraction`, `multiseed_images_per_s`, `multiseed_speedup`; null where not measured.
+  `flop_floor_fraction`, `multiseed_images_per_s`, `multiseed_speedup`,
+  `eval_images_per_s`; null where not measured.
 
 How fast it runs: `--dataset digits --model cnn` takes about 10 s on a 2-core CPU; `--smoke`
 a few seconds. Measured figures are in the README's Performance section.
@@ -151,7 +160,7 @@ def compose_config(args: argparse.Namespace) -> DictConfig:
     from src.config.validate import validate
     from src.train import CONF_DIR
 
-    over = [f"dataset={args.dataset}", f"model={args.model}",
+    over = [f"dataset={args.dataset}", f"model={args.model}", f"trainer={args.trainer}",
             *[f"model.{item}" for item in args.model_arg],
             f"trainer.batch_size={args.batch_size}", f"trainer.amp={args.amp}",
             f"trainer.compile={str(args.compile).lower()}", f"trainer.device={args.device}",
@@ -309,6 +318,13 @@ def time_multiseed(args: argparse.Namespace, ds: dict[str, Any], data: TrainData
                    args.repeats)
 
 
+def time_eval(trainer: Trainer, args: argparse.Namespace) -> Measure:
+    """The suite's evaluation forward over the whole training split, one pass per repeat."""
+    x = trainer.data.train.x
+    return measure("suite_eval", lambda: trainer.predict(x), len(x), trainer.device,
+                   args.warmup, args.repeats)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -319,6 +335,7 @@ def summarise(rows: dict[str, dict[str, Any]], flops: dict[str, float], peak: fl
         return rows[name]["images_per_s"] if name in rows else None
 
     suite, bare, multi = ips("suite_epoch"), ips("bare_step"), ips("multiseed_epoch")
+    evaluation = ips("suite_eval")
     refs = {n: r["images_per_s"] for n, r in rows.items() if n.startswith("reference_epoch")}
     best_ref = max(refs, key=refs.get) if refs else None
     ref = refs[best_ref] if best_ref else None
@@ -336,6 +353,7 @@ def summarise(rows: dict[str, dict[str, Any]], flops: dict[str, float], peak: fl
         "flop_floor_fraction": achieved / use_peak if achieved and use_peak else None,
         "multiseed_images_per_s": multi,
         "multiseed_speedup": multi / suite if multi and suite else None,
+        "eval_images_per_s": evaluation,
     }
 
 
@@ -368,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--n", type=int, default=None, help="training images (synthetic: 50000)")
     p.add_argument("--model", default="cnn", help="a conf/model name")
+    p.add_argument("--trainer", default="default",
+                   help="a conf/trainer name (e.g. cifar), before the options below")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, e.g. width=32 or channels=[8,16]")
     p.add_argument("--alpha", type=float, default=1.0, help="Mixup alpha (0 = off)")
@@ -391,6 +411,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--parallel-seeds", type=int, default=0, metavar="K",
                    help="also time K seeds as one batched model (StackedTrainer)")
+    p.add_argument("--eval", action="store_true",
+                   help="also time the evaluation forward over the training split")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak for the FLOP floor (default 800 on CUDA: H100-class dense bf16)")
     p.add_argument("--out", default="outputs/bench/bench.json")
@@ -418,7 +440,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # The bench's options that set a run's config key (compose_config), to name them in errors.
-OPTION_OF_KEY = {"dataset": "--dataset", "model": "--model", "trainer.compile": "--compile",
+OPTION_OF_KEY = {"dataset": "--dataset", "model": "--model", "trainer": "--trainer",
+                 "trainer.compile": "--compile",
                  "trainer.amp": "--amp", "trainer.batch_size": "--batch-size",
                  "trainer.device": "--device", "augmentation.mixup_alpha": "--alpha",
                  "augmentation.smoothing": "--eps", "dataset.npz": "--npz"}
@@ -493,18 +516,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results += time_reference(args, ds, x, y, model_cfg, device, crop, hflip)
     if args.parallel_seeds:
         results.append(time_multiseed(args, ds, data, model_cfg, trainer_cfg, execution))
+    if args.eval:
+        results.append(time_eval(trainer, args))
     fwd = flops_per_image(model_cfg, shape, data.num_classes, trainer.batch_size)
     flops = {"forward_per_image": fwd, "train_per_image": 3 * fwd}
     rows = {m.name: m.row() for m in results}
     config = {"dataset": ds["name"], "shape": list(shape), "num_classes": data.num_classes,
               "n_train": len(y), "model": args.model, "model_args": model_cfg,
-              "alpha": args.alpha, "eps": args.eps, "batch_size": trainer.batch_size,
+              "trainer": args.trainer, "alpha": args.alpha, "eps": args.eps,
+              "batch_size": trainer.batch_size,
               "device": str(device), "amp": execution.amp, "compile": args.compile,
               "compile_mode": compile_mode(args.compile, device),
               "channels_last": cl, "crop_padding": crop, "hflip": hflip,
               "warmup": args.warmup, "repeats": args.repeats, "steps": args.steps,
               "ref_workers": args.ref_workers, "parallel_seeds": args.parallel_seeds,
-              "peak_tflops": args.peak_tflops, "smoke": args.smoke}
+              "eval": args.eval, "peak_tflops": args.peak_tflops, "smoke": args.smoke}
     return {"schema": 1, "created_at": now_iso(),
             "command": " ".join(["python -m src.tools.bench", *args.argv]),
             "machine": machine(device), "config": config, "flops": flops,

@@ -34,7 +34,10 @@ independent ones; gradient clipping (trainer.grad_clip) takes each member's own 
 (src.training.optim.clip_grad_norm). A member that diverged is stopped (`stop_member`): its
 loss is left out of the sum and its gradients zeroed, so its failure stays its own. What would
 couple members is refused before they are stacked (src.config.validate.cannot_stack): fp16
-loss scaling (one scaler) and dropout (one random stream).
+loss scaling (one scaler) and dropout (one random stream). Compiled (trainer.compile, in the
+mode it names), the vmapped calls are built once per architecture in a process and reused by
+every batch of a sweep (StackedCalls); evaluation shares trainer.eval_batch_size among the
+members and pads its last batch; crops and flips of all members are one gather.
 
 Equality with M separate runs: data order, augmentation draws, lambdas and initial weights are
 identical; the arithmetic is not the same code path (a vmapped linear layer
@@ -55,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -78,7 +82,14 @@ from src.data.tensors import TrainData
 from src.models import MODELS
 from src.training.checkpoint import BEST_WEIGHTS, LAST_WEIGHTS, load_weights
 from src.training.device import Execution
-from src.training.model_cache import COMPILE_OPTIONS, compile_mode, compiled, fresh_model
+from src.training.model_cache import (
+    cache_key,
+    compile_fn,
+    compile_mode,
+    compiled,
+    fresh_model,
+    stacked_calls,
+)
 from src.training.optim import Optimisation
 
 
@@ -561,16 +572,106 @@ class SingleTrainer(Trainer):
 # channels-last contiguity (not implemented inside vmap), and its backward wants bf16 running
 # stats under autocast. Around each BatchNorm the stacked model turns cuDNN off (PyTorch's own
 # kernel then runs, with the vmap rules) and gives BN fp32 input, as autocast's BN computes
-# in fp32 anyway; the next convolution casts back down. Compiled models decompose BN
-# themselves and need neither.
-def _bn_enter(module: nn.Module, args: tuple) -> tuple:
+# in fp32 anyway; the next convolution casts back down. A compiled model decomposes BN itself
+# and needs neither, so while Dynamo traces the hooks do nothing (no graph break, no global
+# flag in the graph); where Dynamo falls back to eager, they run and guard the eager call.
+def _bn_enter(module: nn.Module, args: tuple) -> tuple | None:
+    if torch.compiler.is_compiling():
+        return None
     module.__dict__["_cudnn_was"] = torch.backends.cudnn.enabled
     torch.backends.cudnn.enabled = False
     return (args[0].float(),)
 
 
 def _bn_exit(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    if torch.compiler.is_compiling():
+        return
     torch.backends.cudnn.enabled = module.__dict__.pop("_cudnn_was", True)
+
+
+def guard_batch_norm(base: nn.Module) -> None:
+    """Put the cuDNN guard (above) around every BatchNorm of `base`."""
+    for m in base.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.register_forward_pre_hook(_bn_enter)
+            m.register_forward_hook(_bn_exit)
+
+
+class StackedCalls:
+    """The architecture without storage (a meta-device module) and the vmapped calls of M
+    members over it: training, evaluation, Manifold Mixup at one stage and at each member's
+    drawn stage; compiled under `mode` (None: eager). Compiled calls are kept per
+    architecture in the process (src.training.model_cache.stacked_calls), so the batches of
+    a sweep reuse one set of graphs (a new member count is a new graph: shapes are static)."""
+
+    def __init__(self, base: nn.Module, mixing: MixSettings, mode: str | None,
+                 guard_bn: bool) -> None:
+        self.base, self.mix_layer, self.layers = base, mixing.mix_layer, mixing.layers
+        if guard_bn:
+            guard_batch_norm(base)
+        fns = [vmap(self._call, in_dims=(0, 0, 0), randomness="different"),
+               vmap(self._call, in_dims=(0, 0, None), randomness="different"),
+               # Manifold Mixup: each member's lambda and partners go in with its batch, and,
+               # where each batch draws its stage, each member's stage index.
+               vmap(self._call_mixed, in_dims=(0,) * 5, randomness="different"),
+               vmap(self._call_drawn, in_dims=(0,) * 6, randomness="different")]
+        if mode is not None:
+            fns = [compile_fn(f, mode) for f in fns]
+        self.train, self.eval, self.mixed, self.drawn = fns
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def _call_mixed(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
+                    perm: torch.Tensor) -> torch.Tensor:
+        """One member's forward that mixes the hidden state after stage `mix_layer`."""
+        return functional_call(self.base, (params, buffers), (x,),
+                               {"mix_at": self.mix_layer,
+                                "mixer": lambda h: blend(h, lam, perm)})
+
+    def _call_drawn(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
+                    perm: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+        """One member's forward that mixes after its drawn stage `layer` (an index into the
+        stages). One vmapped call cannot branch per member, so every stage gets a mixer, and
+        the member's lambda is 1 at the stages it did not draw: 1 * h + 0 * h[perm] is h
+        exactly, so each member mixes where its separate run does."""
+        def at(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda h: blend(h, torch.where(layer == i, lam, torch.ones_like(lam)), perm)
+
+        return functional_call(self.base, (params, buffers), (x,),
+                               {"mix_at": self.layers,
+                                "mixer": {s: at(i) for i, s in enumerate(self.layers)}})
+
+
+def stacked_augment(x: torch.Tensor, padding: int, hflip: bool,
+                    gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """Crops and flips of M members' uint8 batches (M, B, C, H, W), each member's offsets and
+    flips drawn from its own generator in src.data.crop_flip.augment's order (so the draws
+    are its separate run's), then applied to all members as one gather and one select
+    instead of a dozen small kernels per member."""
+    m, b, c, h, w = x.shape
+    dev = x.device
+    if padding > 0:
+        offsets = []
+        for g in gens:  # dy, then dx, per member: random_crop's order
+            dy = torch.randint(0, 2 * padding + 1, (b, 1), generator=g, device=dev)
+            dx = torch.randint(0, 2 * padding + 1, (b, 1), generator=g, device=dev)
+            flip = torch.rand(b, generator=g, device=dev) < 0.5 if hflip else None
+            offsets.append((dy, dx, flip))
+        dy, dx = (torch.stack([o[i] for o in offsets]) for i in (0, 1))  # (M, B, 1)
+        rows = dy + torch.arange(h, device=dev)  # (M, B, H)
+        cols = dx + torch.arange(w, device=dev)  # (M, B, W)
+        xp = F.pad(x, (padding,) * 4)
+        mi = torch.arange(m, device=dev)[:, None, None, None, None]
+        bi = torch.arange(b, device=dev)[None, :, None, None, None]
+        ci = torch.arange(c, device=dev)[None, None, :, None, None]
+        x = xp[mi, bi, ci, rows[:, :, None, :, None], cols[:, :, None, None, :]]
+        flips = torch.stack([o[2] for o in offsets]) if hflip else None
+    elif hflip:
+        flips = torch.stack([torch.rand(b, generator=g, device=dev) < 0.5 for g in gens])
+    if hflip:
+        x = torch.where(flips[:, :, None, None, None], x.flip(-1), x)
+    return x
 
 
 class StackedTrainer(Trainer):
@@ -587,52 +688,26 @@ class StackedTrainer(Trainer):
                   for s in self.seeds]
         params, self.buffers = stack_module_state(models)
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
-        # The architecture without storage: functional_call supplies the stacked tensors.
-        self.base = copy.deepcopy(models[0]).to("meta")
-        if self.device.type == "cuda" and not bool(self.cfg["compile"]):
-            for m in self.base.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.register_forward_pre_hook(_bn_enter)
-                    m.register_forward_hook(_bn_exit)
+        # The mode trainer.compile names (true: the device's fastest), as a single run has it.
+        mode = compile_mode(self.cfg["compile"], self.device)
+        cuda = self.device.type == "cuda"
+
+        def build() -> StackedCalls:
+            # The architecture without storage: functional_call supplies the stacked tensors.
+            return StackedCalls(copy.deepcopy(models[0]).to("meta"), self.mixing, mode, cuda)
+
+        if mode is None:
+            self.calls = build()
+        else:
+            key = (cache_key(model_cfg, in_shape, data.num_classes, execution), mode,
+                   self.mixing.mix_layer)
+            self.calls = stacked_calls(key, build)
+        self.base, self.compiled = self.calls.base, mode is not None
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES and cuda
         # Weight decay on what is a matrix or kernel in one member (ndim > 1 there).
         # A member's matrix or kernel has one more dimension here (the M stacked members).
         self._optimisation(*decay_groups(list(self.params.values()), 2, self.cfg), stacked=True)
-        self._train_fn = vmap(self._call, in_dims=(0, 0, 0), randomness="different")
-        self._eval_fn = vmap(self._call, in_dims=(0, 0, None), randomness="different")
-        # Manifold Mixup: each member's lambda and partners go in with its batch, and, where
-        # each batch draws its stage, each member's stage index.
-        self._mixed_fn = vmap(self._call_mixed, in_dims=(0, 0, 0, 0, 0), randomness="different")
-        self._drawn_fn = vmap(self._call_drawn, in_dims=(0,) * 6, randomness="different")
         self._sent_layers: tuple[EpochState, torch.Tensor] | None = None
-        if bool(self.cfg["compile"]):
-            self._train_fn = torch.compile(self._train_fn, **COMPILE_OPTIONS)
-            self._eval_fn = torch.compile(self._eval_fn, **COMPILE_OPTIONS)
-            self._mixed_fn = torch.compile(self._mixed_fn, **COMPILE_OPTIONS)
-            self._drawn_fn = torch.compile(self._drawn_fn, **COMPILE_OPTIONS)
-
-    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.base, (params, buffers), (x,))
-
-    def _call_mixed(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
-                    perm: torch.Tensor) -> torch.Tensor:
-        """One member's forward that mixes the hidden state after stage `mix_layer`."""
-        return functional_call(self.base, (params, buffers), (x,),
-                               {"mix_at": self.mixing.mix_layer,
-                                "mixer": lambda h: blend(h, lam, perm)})
-
-    def _call_drawn(self, params: dict, buffers: dict, x: torch.Tensor, lam: torch.Tensor,
-                    perm: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
-        """One member's forward that mixes after its drawn stage `layer` (an index into the
-        stages). One vmapped call cannot branch per member, so every stage gets a mixer, and
-        the member's lambda is 1 at the stages it did not draw: 1 * h + 0 * h[perm] is h
-        exactly, so each member mixes where its separate run does."""
-        def at(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
-            return lambda h: blend(h, torch.where(layer == i, lam, torch.ones_like(lam)), perm)
-
-        stages = self.mixing.layers
-        return functional_call(self.base, (params, buffers), (x,),
-                               {"mix_at": stages,
-                                "mixer": {s: at(i) for i, s in enumerate(stages)}})
 
     def _drawn_layer(self, step: int) -> torch.Tensor:
         """(M,) each member's stage index at `step`; sent to the device once an epoch (a
@@ -659,18 +734,17 @@ class StackedTrainer(Trainer):
         # Plain NCHW: the run's data may be cached channels-last, a layout vmap cannot query.
         x = d.train.x[idx].contiguous()
         if d.crop_padding > 0 or d.hflip:
-            x = torch.stack([augment(x[k], d.crop_padding, d.hflip, g)
-                             for k, g in enumerate(self.gens)])
+            x = stacked_augment(x, d.crop_padding, d.hflip, self.gens)
         return self.normalise(x)
 
     def _forward(self, x: torch.Tensor,
                  hidden_mix: tuple[torch.Tensor, torch.Tensor] | None = None,
                  layer: str | torch.Tensor | None = None) -> torch.Tensor:
         if hidden_mix is None:
-            return self._train_fn(self.params, self.buffers, x)
+            return self.calls.train(self.params, self.buffers, x)
         if layer is None:
-            return self._mixed_fn(self.params, self.buffers, x, *hidden_mix)
-        return self._drawn_fn(self.params, self.buffers, x, *hidden_mix, layer)
+            return self.calls.mixed(self.params, self.buffers, x, *hidden_mix)
+        return self.calls.drawn(self.params, self.buffers, x, *hidden_mix, layer)
 
     def train_mode(self) -> None:
         self.base.train()
@@ -678,12 +752,24 @@ class StackedTrainer(Trainer):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.base.eval()
-        bs = int(self.cfg["eval_batch_size"])
+        # trainer.eval_batch_size images per forward in all: each member's share of them, so
+        # 16 members evaluate 16 x 64 images at a time, not 16 x 1024.
+        bs = max(int(self.cfg["eval_batch_size"]) // len(self.seeds), 1)
+        # As SingleTrainer.predict: a compiled call is specialised to its batch shape, so the
+        # last batch is padded (per sample, BN on running stats: padding changes no output),
+        # and each batch is copied out of a CUDA graph's output buffer.
+        pad = self.compiled
         out = []
         for i in range(0, len(x), bs):
-            xb = self.normalise(x[i:i + bs].contiguous())
+            xb = x[i:i + bs].contiguous()
+            n = len(xb)
+            if pad and n < bs:
+                xb = torch.cat([xb, xb.new_zeros((bs - n, *xb.shape[1:]))])
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self.execution.autocast():
-                out.append(self._eval_fn(self.params, self.buffers, xb).float())
+                logits = self.calls.eval(self.params, self.buffers, self.normalise(xb))
+            out.append(logits[:, :n].to(torch.float32, copy=True))
         return torch.cat(out, dim=1)
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
