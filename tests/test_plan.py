@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from src.sweep.plan import Estimate, duration, setting_key
+from src.sweep.compose import setting_key
+from src.sweep.plan import Estimate, duration
 from tests.conftest import run_module
 
 GRID = ["-m", "trainer.epochs=2", "model=cnn", "model.channels=[8,16]",

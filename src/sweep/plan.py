@@ -35,7 +35,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import BATCHABLE_KEYS, REPLICATE_KEYS, SEED_FOLDER_KEY
+from src.config import SEED_FOLDER_KEY
+from src.sweep.compose import setting_key
 
 FINAL = ("completed", "diverged")  # what a sweep skips (src.run.preflight.completed_results)
 # One run's start-up in a sweep process (compose, records, model, first evaluation), measured
@@ -80,13 +81,6 @@ def finished(folder: Path) -> bool:
         return json.loads((folder / "results.json").read_text()).get("status") in FINAL
     except (OSError, ValueError):
         return False
-
-
-def setting_key(overrides: Sequence[str]) -> tuple[str, ...]:
-    """A job's overrides without the replicate and batchable keys: jobs with the same key
-    cost the same."""
-    skip = (*REPLICATE_KEYS, *BATCHABLE_KEYS)
-    return tuple(sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in skip))
 
 
 def _fastest(fn: Any, device: torch.device, budget_s: float = 3.0) -> float:
