@@ -17,7 +17,7 @@ OUT_ARG := $(if $(filter paths.output_dir=%,$(ARGS)),,$(if $(filter-out outputs,
 RUNS ?= $(OUT)/quickstart
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo sweep analysis test test-fast lint clean clean-outputs venv-path bench
+.PHONY: help install train demo sweep analysis test test-fast test-cluster lint clean clean-outputs venv-path bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,16 @@ test: $(STAMP) ## Run the test suite (what CI runs)
 test-fast: $(STAMP) ## The tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
+# A one-node SLURM on this machine for the cluster tests (scripts/cluster/slurm.sh: installs
+# slurm-wlm and munge with apt where missing, needs root), taken down again whatever the tests
+# did. Where it cannot come up the tests fail; LSMIX_NO_CLUSTER=1 skips them instead.
+test-cluster: $(STAMP) ## The cluster tests against a one-node SLURM started here (LSMIX_NO_CLUSTER=1: skip)
+	@status=0; \
+	if [ "$(LSMIX_NO_CLUSTER)" != 1 ]; then scripts/cluster/slurm.sh up || status=$$?; fi; \
+	LSMIX_CLUSTER_TESTS=1 $(PY) -m pytest -q tests/cluster $(ARGS) || status=$$?; \
+	if [ "$(LSMIX_NO_CLUSTER)" != 1 ]; then scripts/cluster/slurm.sh down || status=$$?; fi; \
+	exit $$status
+
 lint: $(STAMP) ## Ruff over the code
 	$(PY) -m ruff check src analysis tests
 
@@ -85,3 +95,10 @@ venv-path: ## Print the environment's folder
 
 bench: $(STAMP) ## Time training step and epoch vs the reference loop (ARGS="--dataset digits")
 	$(PY) -m src.tools.bench $(ARGS)
+
+# No environment prerequisite: a bare GPU machine has none to build (no internet), so the
+# script installs what is missing from .carry/wheels; where the project's environment exists,
+# it runs there. Results go to $(OUT)/bench_gpu.
+.PHONY: bench-gpu
+bench-gpu: ## GPU figures for docs/performance.md, <= 8 min on one H100 (DRY=1: CPU dry run)
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/bench_gpu.sh --out $(OUT)/bench_gpu $(if $(DRY),--dry-run) $(ARGS)

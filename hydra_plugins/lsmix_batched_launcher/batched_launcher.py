@@ -15,7 +15,8 @@ fp16 loss scaling, dropout) run one job at a time. Every job still gets Hydra's 
 callbacks and a JobReturn, so the sweep's end callbacks (the analysis) run.
 
 The jobs of a batch share one process and one working directory (`hydra.job.chdir` is not
-applied), and the first job's environment (`hydra.job.env_set`).
+applied), and the first job's environment (`hydra.job.env_set`). `hydra/launcher=batched_slurm`
+(slurm_launcher.py) runs the same plan, each batch as one SLURM job.
 
 Hydra's plugin scan executes this module before it is in sys.modules: its dataclass must not
 have string annotations (no `from __future__ import annotations`), and the suite's modules are
@@ -100,15 +101,10 @@ class BatchedLauncher(Launcher):
         assert self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         app = _app_module(self.task_function)
-        max_members = self.max_members
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         saved = HydraConfig.instance().cfg
         try:
-            jobs = [self._compose(initial_job_idx + i, list(o))
-                    for i, o in enumerate(job_overrides)]
-            plan = _plan([j.task for j in jobs], max_members)
-            log.info("Launching %d jobs as %d batches of at most %d runs", len(jobs), len(plan),
-                     max_members)
+            jobs, plan = self._composed_plan(job_overrides, initial_job_idx)
             returns: list[JobReturn | None] = [None] * len(jobs)
             for batch in plan:
                 for i, ret in zip(batch, self._run_batch(app, [jobs[i] for i in batch])):
@@ -118,12 +114,22 @@ class BatchedLauncher(Launcher):
             HydraConfig.instance().cfg = saved
         return [r for r in returns if r is not None]
 
-    def _compose(self, idx: int, overrides: list[str]) -> ComposedJob:
-        """The job's config with its number and folder, as Hydra's run_job sets them."""
+    def _composed_plan(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+                       ) -> tuple[list[ComposedJob], list[list[int]]]:
+        """Every job composed, and the batches they train in (as indices into the jobs)."""
+        jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        plan = _plan([j.task for j in jobs], self.max_members)
+        log.info("Launching %d jobs as %d batches of at most %d runs", len(jobs), len(plan),
+                 self.max_members)
+        return jobs, plan
+
+    def _compose(self, idx: int, overrides: list[str], job_id: str | None = None) -> ComposedJob:
+        """The job's config with its number and folder, as Hydra's run_job sets them (its id:
+        the scheduler's job id where there is one, else its number)."""
         assert self.config is not None and self.hydra_context is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(config):
-            config.hydra.job.id = idx
+            config.hydra.job.id = idx if job_id is None else job_id
             config.hydra.job.num = idx
         HydraConfig.instance().set_config(config)  # the subdir reads this job's hydra node
         output_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
@@ -143,8 +149,9 @@ class BatchedLauncher(Launcher):
                 task.paths.run_dir = str(task.paths.run_dir)
         return ComposedJob(idx, overrides, config, task, output_dir)
 
-    def _run_batch(self, app: ModuleType, jobs: list[ComposedJob]) -> list[JobReturn]:
-        """Train one batch through the app's entry, with each job's callbacks around it."""
+    def _run_batch(self, app: Any, jobs: list[ComposedJob]) -> list[JobReturn]:
+        """Train one batch through the app's entry (a module or object offering ENTRY and JOB),
+        with each job's callbacks around it."""
         assert self.hydra_context is not None and self.task_function is not None
         callbacks = self.hydra_context.callbacks
         first = jobs[0]

@@ -9,6 +9,13 @@ number of suite jobs running at once on the machine: those a parallel launcher s
 registers itself in a folder while it runs), or LSMIX_JOBS when set. The count is taken again
 at every epoch, so a run started alone gives cores back when others start, and takes them
 again when they end. An integer sets the count itself.
+
+Inside a SLURM job (submitit_slurm, batched_slurm, a plain sbatch script) `auto` is the CPUs
+of the job's allocation instead: SLURM_CPUS_PER_TASK, else the job's CPUs on the node
+(SLURM_CPUS_ON_NODE) shared by its tasks there. Other jobs on the node have allocations of
+their own, so nothing is re-counted: the count stays the same for the life of the job and for
+its requeued reruns, which is what bit-for-bit equal results need (another thread count sums
+in another order).
 """
 
 from __future__ import annotations
@@ -93,10 +100,32 @@ def concurrent_jobs(launcher_jobs: int | None = None) -> int:
     return max(launcher_jobs or 1, REGISTRY.count())
 
 
+def _positive(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+
+def slurm_cores(launcher_jobs: int | None = None) -> int | None:
+    """CPUs of this task's SLURM allocation (SLURM_CPUS_PER_TASK, else the job's CPUs on this
+    node divided among its tasks there); None outside a SLURM job."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    per_task = _positive(os.environ.get("SLURM_CPUS_PER_TASK"))
+    if per_task is not None:
+        return per_task
+    on_node = _positive(os.environ.get("SLURM_CPUS_ON_NODE"))
+    if on_node is None:
+        return None
+    tasks = _positive(os.environ.get("SLURM_NTASKS_PER_NODE")) or launcher_jobs or 1
+    return max(1, on_node // tasks)
+
+
 def choose_threads(setting: Any, launcher_jobs: int | None = None) -> int:
     """The intra-op thread count for `trainer.threads` (auto or a positive integer)."""
     if setting != "auto":
         return int(setting)
+    allocated = slurm_cores(launcher_jobs)
+    if allocated is not None:  # the job's own CPUs, whatever else runs on the node
+        return max(1, min(allocated, usable_cores()))
     return max(1, usable_cores() // concurrent_jobs(launcher_jobs))
 
 
