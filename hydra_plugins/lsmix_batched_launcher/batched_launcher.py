@@ -76,6 +76,11 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        self._composer: Any = None  # src.sweep.compose.JobComposer, made on first use
+
+    def __getstate__(self) -> dict:
+        """Pickled (into a SLURM job) without the composer's templates: the job makes its own."""
+        return {**self.__dict__, "_composer": None}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -127,7 +132,11 @@ class BatchedLauncher(Launcher):
         """The job's config with its number and folder, as Hydra's run_job sets them (its id:
         the scheduler's job id where there is one, else its number)."""
         assert self.config is not None and self.hydra_context is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        if self._composer is None:  # once per setting, not per job (src/sweep/compose.py)
+            from src.sweep.compose import JobComposer
+
+            self._composer = JobComposer(self.hydra_context.config_loader, self.config)
+        config = self._composer(overrides)
         with open_dict(config):
             config.hydra.job.id = idx if job_id is None else job_id
             config.hydra.job.num = idx
