@@ -53,6 +53,26 @@ def run_statuses(sweep_dir: Path) -> Counter[str]:
     return counts
 
 
+def failed_in_this_sweep(sweep_dir: Path) -> list[str]:
+    """The runs of the sweep folder that failed during this sweep (their results.json written
+    after the sweep's multirun.yaml, which Hydra writes as a sweep starts), as FAILED_JOBS
+    lines: a launcher that runs the jobs in other processes (submitit_slurm) reports them all
+    as COMPLETED, so the records are what tell."""
+    start = sweep_dir / "multirun.yaml"
+    since = start.stat().st_mtime if start.is_file() else 0.0
+    lines = []
+    for path in sorted(sweep_dir.rglob("results.json")):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(res, dict) and res.get("status") == "failed":
+            lines.append(f"{path.parent}: {res.get('error') or 'failed'}")
+    return lines
+
+
 def sweep_end_message(sweep_dir: Path, analysed: bool) -> str:
     """Where a finished sweep's runs are and the command that analyses them. `analysed`: the
     study's own analysis callback has just run (its report is named instead of advised)."""
@@ -86,3 +106,7 @@ class SweepEnd(Callback):
         analysed = (study is not None and bool(study.get("enabled", True))
                     and (sweep_dir / "analysis" / "report.md").is_file())
         print("\n" + sweep_end_message(sweep_dir, analysed))
+        from src.run import preflight
+
+        if not preflight.FAILED_JOBS:  # failed in other processes: the sweep exits 1 too
+            preflight.FAILED_JOBS.extend(failed_in_this_sweep(sweep_dir))

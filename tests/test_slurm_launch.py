@@ -92,3 +92,19 @@ def test_batched_slurm_has_submitit_slurms_keys_and_max_members():
     assert node.pop("max_members") == 16
     slurm.pop("_target_")
     assert node == slurm  # every key and default of submitit_slurm
+
+
+def test_runs_failed_during_this_sweep_are_listed_whatever_the_launcher(tmp_path):
+    import json
+    import os
+
+    from analysis.callback import failed_in_this_sweep
+
+    old, new, ok = (tmp_path / n for n in ("a/seed=0", "b/seed=0", "c/seed=0"))
+    for folder, status in ((old, "failed"), (new, "failed"), (ok, "completed")):
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"status": status, "error": "boom"}))
+    os.utime(old / "results.json", (1, 1))  # failed in an earlier sweep into the folder
+    (tmp_path / "multirun.yaml").write_text("{}")
+    os.utime(tmp_path / "multirun.yaml", (10, 10))
+    assert failed_in_this_sweep(tmp_path) == [f"{new}: boom"]
