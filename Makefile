@@ -37,40 +37,51 @@ $(STAMP):
 # on the environment's path. Editable, so they run this checkout's code and read its conf/.
 INSTALL_PROJECT = $(PY) -m pip install --quiet --no-deps -e .
 
-install: $(STAMP) ## Build the environment and install the project in it (console scripts lsmix-*)
+# Optional extras (requirements-search.txt: the Optuna sweeper) layered on that environment,
+# each version of the file with a stamp of its own: a change installs it, not the whole
+# environment again (torch and all). Every target below needs the environment with them.
+SEARCH_REQ := requirements-search.txt
+SEARCH_STAMP := $(VENV)/.search-$(shell sha256sum $(SEARCH_REQ) | cut -c1-12)
+ENV := $(SEARCH_STAMP)
+
+$(SEARCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -r $(SEARCH_REQ) -c constraints.txt
+	touch $@
+
+install: $(ENV) ## Build the environment and install the project in it (console scripts lsmix-*)
 	$(INSTALL_PROJECT)
 	@echo "environment: $(VENV)"
 
-train: $(STAMP) ## One training run on the bundled digits (ARGS="key=value ..." to override; OUT=DIR: runs go to DIR, default outputs)
+train: $(ENV) ## One training run on the bundled digits (ARGS="key=value ..." to override; OUT=DIR: runs go to DIR, default outputs)
 	$(PY) -m src.train $(OUT_ARG) $(ARGS)
 
-demo: $(STAMP) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores; OUT=DIR: in DIR/quickstart)
+demo: $(ENV) ## The quickstart study on the bundled digits, then its report (< 3 min on 2 cores; OUT=DIR: in DIR/quickstart)
 	$(PY) -m src.train +experiment=quickstart hydra.callbacks.analysis.quiet=true $(OUT_ARG) $(ARGS)
 	@cat $(OUT)/quickstart/analysis/report.md
 
-sweep: $(STAMP) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."] [OUT=DIR]
+sweep: $(ENV) ## A named study: make sweep EXP=noise_sweep [ARGS="dataset=... model=..."] [OUT=DIR]
 	$(PY) -m src.train +experiment=$(EXP) $(OUT_ARG) $(ARGS)
 
-analysis: $(STAMP) ## Tables, plots and report of finished runs: make analysis RUNS=outputs/NAME (default OUT/quickstart)
+analysis: $(ENV) ## Tables, plots and report of finished runs: make analysis RUNS=outputs/NAME (default OUT/quickstart)
 	$(PY) -m analysis $(RUNS)
 
-test: $(STAMP) ## Run the test suite (what CI runs)
+test: $(ENV) ## Run the test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(STAMP) ## The tests without the slow end-to-end ones
+test-fast: $(ENV) ## The tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 # A one-node SLURM on this machine for the cluster tests (scripts/cluster/slurm.sh: installs
 # slurm-wlm and munge with apt where missing, needs root), taken down again whatever the tests
 # did. Where it cannot come up the tests fail; LSMIX_NO_CLUSTER=1 skips them instead.
-test-cluster: $(STAMP) ## The cluster tests against a one-node SLURM started here (LSMIX_NO_CLUSTER=1: skip)
+test-cluster: $(ENV) ## The cluster tests against a one-node SLURM started here (LSMIX_NO_CLUSTER=1: skip)
 	@status=0; \
 	if [ "$(LSMIX_NO_CLUSTER)" != 1 ]; then scripts/cluster/slurm.sh up || status=$$?; fi; \
 	LSMIX_CLUSTER_TESTS=1 $(PY) -m pytest -q tests/cluster $(ARGS) || status=$$?; \
 	if [ "$(LSMIX_NO_CLUSTER)" != 1 ]; then scripts/cluster/slurm.sh down || status=$$?; fi; \
 	exit $$status
 
-lint: $(STAMP) ## Ruff over the code
+lint: $(ENV) ## Ruff over the code
 	$(PY) -m ruff check src analysis tests
 
 clean: ## Remove caches and build files; keeps outputs/ (results) and the environment
@@ -93,7 +104,7 @@ endif
 venv-path: ## Print the environment's folder
 	@echo $(VENV)
 
-bench: $(STAMP) ## Time training step and epoch vs the reference loop (ARGS="--dataset digits")
+bench: $(ENV) ## Time training step and epoch vs the reference loop (ARGS="--dataset digits")
 	$(PY) -m src.tools.bench $(ARGS)
 
 # No environment prerequisite: a bare GPU machine has none to build (no internet), so the

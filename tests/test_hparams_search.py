@@ -13,7 +13,7 @@ from src.run.closing import sweep_objective
 from tests.conftest import CONF, ROOT, TINY, run_module
 
 # Once the requirement is declared, a missing install is a failure, not a skip.
-DECLARED = "hydra-optuna-sweeper" in (ROOT / "requirements.txt").read_text()
+DECLARED = "hydra-optuna-sweeper" in (ROOT / "requirements-search.txt").read_text()
 INSTALLED = importlib.util.find_spec("optuna") is not None
 needs_optuna = pytest.mark.skipif(not (DECLARED or INSTALLED),
                                   reason="hydra-optuna-sweeper is not installed")
