@@ -73,7 +73,7 @@ def main(cfg: DictConfig) -> float | None:
     group, multirun = hydra_cfg.job.override_dirname, hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(cfg.paths.run_dir)
     if not multirun:
-        if cfg.plan is not False:  # a sweep's plan is printed before its jobs
+        if cfg.plan is not False and cfg.plan != "before":  # a sweep's: before its jobs
             from src.sweep.plan import plan_run
 
             plan_run(cfg, run_dir)

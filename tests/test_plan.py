@@ -66,3 +66,20 @@ def test_jobs_that_differ_in_replicates_and_batchable_keys_cost_alike():
     assert a == b == ("model=cnn",)
     assert setting_key(["model=mlp"]) != a
     assert json.dumps(a)  # plain strings
+
+
+def test_plan_before_prints_the_plan_then_trains(tmp_path):
+    out = tmp_path / "out"
+    done = run_module(["-m", "trainer.epochs=1", "model=cnn", "model.channels=[8,16]",
+                       "trainer.seed=0,1", f"hydra.sweep.dir={out}", "plan=before"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "to run: 2, estimated" in done.stdout and "Training them now" in done.stdout
+    assert len(list(out.rglob("results.json"))) == 2
+
+
+def test_a_study_prints_its_plan_before_it_trains():
+    from tests.conftest import make_cfg
+
+    assert make_cfg(["+experiment=quickstart"]).plan == "before"
+    assert make_cfg(["+experiment=quickstart", "plan=true"]).plan is True
+    assert make_cfg([]).plan is False

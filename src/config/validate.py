@@ -198,7 +198,8 @@ NAME = Rule(lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-
             "a plain name of letters, digits, '_', '.' and '-' (no '/' or '..': it names a "
             "folder under paths.output_dir)")
 ROOT = {"task_name": NAME, "tags": list_of(Rule(lambda v: isinstance(v, str), "a string")),
-        "skip_completed": BOOL, "plan": BOOL}
+        "skip_completed": BOOL,
+        "plan": Rule(lambda v: isinstance(v, bool) or v == "before", "true, false or before")}
 
 
 def check_section(prefix: str, values: Mapping[str, Any], spec: Mapping[str, Any]) -> None:

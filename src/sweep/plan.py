@@ -1,4 +1,5 @@
 """`plan=true`: what a sweep or a study would run, before it runs. Nothing is trained or written.
+A study prints the same plan before it trains (`plan: before` in conf/study/default.yaml).
 
     python -m src.train +experiment=answer plan=true
     python -m src.train -m model=mlp,cnn augmentation.smoothing=0,0.1 plan=true
@@ -180,7 +181,7 @@ def duration(seconds: float) -> str:
 
 
 def describe(loader: Any, master: DictConfig, params: Sequence[Override],
-             jobs: Sequence[Sequence[str]]) -> str:
+             jobs: Sequence[Sequence[str]], then_train: bool = False) -> str:
     """The plan of a sweep: its grid, its runs, the finished ones and the time left."""
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
@@ -216,18 +217,25 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
                             if o.split("=", 1)[0].lstrip("+~") in swept)
             lines.append(f"  {n:4d} x {duration(c.run_s)}  {what}  ({c.epochs} epochs x "
                          f"{c.steps_per_epoch} steps of {1e3 * c.step_s:.1f} ms)")
-    lines.append("Nothing was trained or written (plan=true).")
+    lines.append("Training them now (plan=before; plan=false skips this estimate)."
+                 if then_train else "Nothing was trained or written (plan=true).")
     return "\n".join(lines)
 
 
+# plan=before (a study's default, conf/study/default.yaml): print the plan, then train.
+BEFORE = "before"
+ALLOWED = (f"true (print what would run, train nothing), {BEFORE} (print it, then train) or "
+           "false")
+
+
 def check_plan(value: Any) -> None:
-    """plan is true or false: refused in one paragraph otherwise, before anything runs."""
-    if not isinstance(value, bool):
+    """plan is true, false or before: refused in one paragraph otherwise, before anything
+    runs."""
+    if not (isinstance(value, bool) or value == BEFORE):
         from src.config.entry import refuse
         from src.errors import ConfigError
 
-        refuse(ConfigError("plan", value, "true (print what would run, train nothing) or "
-                                          "false"), action="planned or trained")
+        refuse(ConfigError("plan", value, ALLOWED), action="planned or trained")
 
 
 def plan_run(cfg: DictConfig, run_dir: Path) -> None:

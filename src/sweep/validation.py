@@ -68,13 +68,16 @@ def validate_then_sweep(self: Any, sweep: Callable[[list[str]], Any],
             for job in batch]
     validate_distinct_overrides(self, jobs)
     setattr(self, _VALIDATED, True)
-    if self.config.get("plan") is not False:  # plan=true: show what would run, write nothing
-        from src.sweep.plan import check_plan, describe
+    plan = self.config.get("plan")
+    if plan is not False:  # true: show what would run, write nothing; before: then run it
+        from src.sweep.plan import BEFORE, check_plan, describe
 
-        check_plan(self.config.get("plan"))
+        check_plan(plan)
         print(describe(self.hydra_context.config_loader, self.config,
-                       parser.parse_overrides(params), jobs), flush=True)
-        sys.exit(0)
+                       parser.parse_overrides(params), jobs, then_train=plan == BEFORE),
+              flush=True)
+        if plan is True:
+            sys.exit(0)
     return sweep(arguments)
 
 
