@@ -116,8 +116,10 @@ def test_experiment_runs_as_a_real_multirun(tmp_path, cifar_like, name):
 
 
 def test_rerun_of_an_interrupted_study_finishes_only_the_missing_runs(tmp_path):
-    args = ["+experiment=quickstart", "trainer.epochs=3", "augmentation.mixup_alpha=0,0.4",
-            "augmentation.smoothing=0,0.1", "noise.rate=0.4", "trainer.seed=0,1"] + NO_ANALYSIS
+    # One job after another (the quickstart's batched launcher would finish all 8 at once).
+    args = ["+experiment=quickstart", "hydra/launcher=basic", "trainer.epochs=3",
+            "augmentation.mixup_alpha=0,0.4", "augmentation.smoothing=0,0.1", "noise.rate=0.4",
+            "trainer.seed=0,1"] + NO_ANALYSIS
     proc = popen_module(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study = tmp_path / "outputs" / "quickstart"
     deadline = time.time() + 300
