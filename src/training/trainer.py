@@ -674,16 +674,6 @@ def stacked_augment(x: torch.Tensor, padding: int, hflip: bool,
     return x
 
 
-def eval_batch_per_member(eval_batch_size: int, members: int, device: torch.device) -> int:
-    """Images each stacked member evaluates per forward. On a GPU trainer.eval_batch_size in
-    all, each member's share of them: 16 members evaluate 16 x 64 images at a time, not
-    16 x 1024 (an estimated 16-20 GB for PreAct ResNet-18). On a CPU memory is no limit and
-    fewer, larger forwards are faster (the quickstart's batched grid with the MLP spent 5 s of
-    its 51 s in the extra forwards): each member evaluates eval_batch_size images per forward,
-    as a run alone does."""
-    return max(eval_batch_size // members, 1) if device.type == "cuda" else eval_batch_size
-
-
 class StackedTrainer(Trainer):
     """M members as one vmapped model: seeds of one configuration, or configurations that differ
     in the batchable keys only (see the module docstring)."""
@@ -762,8 +752,9 @@ class StackedTrainer(Trainer):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.base.eval()
-        bs = eval_batch_per_member(int(self.cfg["eval_batch_size"]), len(self.seeds),
-                                   self.execution.device)
+        # trainer.eval_batch_size images per forward in all: each member's share of them, so
+        # 16 members evaluate 16 x 64 images at a time, not 16 x 1024.
+        bs = max(int(self.cfg["eval_batch_size"]) // len(self.seeds), 1)
         # As SingleTrainer.predict: a compiled call is specialised to its batch shape, so the
         # last batch is padded (per sample, BN on running stats: padding changes no output),
         # and each batch is copied out of a CUDA graph's output buffer.
