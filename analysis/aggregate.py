@@ -12,8 +12,16 @@ import numpy as np
 import pandas as pd
 
 from analysis.outcomes import is_diverged
-from analysis.schema import BASE_KEYS, GRID_KEYS, METRICS, REPLICATE_KEYS, config_columns
+from analysis.schema import (
+    BASE_KEYS,
+    CONFIG_PREFIX,
+    GRID_KEYS,
+    METRICS,
+    REPLICATE_KEYS,
+    config_columns,
+)
 from analysis.stats import draw_by_setting, variance_components
+from src.config import BATCHABLE_KEYS
 
 PANEL_HEAD = ("dataset", "model", "noise", "noise_rate", "noise_label_set")
 NO_NOISE_SEED = -1  # old runs without `noise_seed`: one (unknown) noise draw
@@ -26,8 +34,24 @@ def group_keys(done: pd.DataFrame) -> list[str]:
     base = [k for k in BASE_KEYS if k in done]
     extra = config_columns(done.columns) + ["experiment"]
     varying = [c for c in extra if c in done and c not in base and c not in REPLICATE_KEYS
-               and done[c].nunique(dropna=False) > 1]
+               and done[c].nunique(dropna=False) > 1 and not _set_by_cell(done, c)]
     return base + varying
+
+
+# Settings that may differ within one grid of runs trained together (src.config
+# BATCHABLE_KEYS): where one is a function of the cell it belongs to the cell.
+CELL_SETTINGS = frozenset(CONFIG_PREFIX + k for k in BATCHABLE_KEYS)
+
+
+def _set_by_cell(done: pd.DataFrame, column: str) -> bool:
+    """Whether a cell-level setting is a function of the grid cell (α, ε) alone, e.g. a
+    warm-up only negative ε gets (the answer study's smoothing_start_epoch): part of what a
+    cell is, not a panel of its own, which would part ε < 0 from the ε = 0 it is compared
+    with. Other settings (a learning rate, a width) always make panels."""
+    cell = [k for k in ("mixup_alpha", "smoothing") if k in done]
+    if column not in CELL_SETTINGS or len(cell) < 2:
+        return False
+    return bool(done.groupby(cell, dropna=False)[column].nunique(dropna=False).le(1).all())
 
 
 def _listed(values: pd.Series) -> str:

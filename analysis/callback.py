@@ -54,10 +54,12 @@ def run_statuses(sweep_dir: Path) -> Counter[str]:
 
 
 def failed_in_this_sweep(sweep_dir: Path) -> list[str]:
-    """The runs of the sweep folder that failed during this sweep (their results.json written
-    after the sweep's multirun.yaml, which Hydra writes as a sweep starts), as FAILED_JOBS
-    lines: a launcher that runs the jobs in other processes (submitit_slurm) reports them all
-    as COMPLETED, so the records are what tell."""
+    """The runs of the sweep folder that did not end completed or diverged during this sweep
+    (failed, or left interrupted or running; their results.json written after the sweep's
+    multirun.yaml, which Hydra writes as a sweep starts), as FAILED_JOBS lines: a launcher
+    that runs the jobs in other processes (submitit_slurm) reports them all as COMPLETED, so
+    the records are what tell. (A second sweep into the same folder at the same time would
+    count the first one's too.)"""
     start = sweep_dir / "multirun.yaml"
     since = start.stat().st_mtime if start.is_file() else 0.0
     lines = []
@@ -68,8 +70,10 @@ def failed_in_this_sweep(sweep_dir: Path) -> list[str]:
             res = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(res, dict) and res.get("status") == "failed":
-            lines.append(f"{path.parent}: {res.get('error') or 'failed'}")
+        status = res.get("status") if isinstance(res, dict) else None
+        if status not in ("completed", "diverged"):  # failed, or left interrupted / running
+            error = res.get("error") if isinstance(res, dict) else None
+            lines.append(": ".join(str(p) for p in (path.parent, status, error) if p))
     return lines
 
 

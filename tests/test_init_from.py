@@ -269,3 +269,14 @@ def test_the_two_stage_protocol_runs_end_to_end(tmp_path):
         assert parent["fingerprint"] == parents[f"seed={c['seed']}"]["config_fingerprint"]
         assert "init_from" not in c["run_dir"]  # a location, not part of the folder's name
         assert c["trained_with"].startswith("2 runs differing in")  # both eps of one parent
+
+
+@pytest.mark.parametrize("change", ["noise.seed=1", "dataset.val_seed=3", "noise.rate=0.2",
+                                    "dataset.train_subset=200"])
+def test_a_parent_on_other_data_is_refused(parent, tmp_path, change):
+    """Another noise draw, validation split or subset: the child could validate on images its
+    parent trained on."""
+    with pytest.raises(ConfigError, match="could validate on images") as err:
+        train(child_cfg(parent, tmp_path / "child", [change]))
+    assert err.value.key == "trainer.init_from"
+    assert not (tmp_path / "child" / "results.json").exists()

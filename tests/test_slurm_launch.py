@@ -107,4 +107,6 @@ def test_runs_failed_during_this_sweep_are_listed_whatever_the_launcher(tmp_path
     os.utime(old / "results.json", (1, 1))  # failed in an earlier sweep into the folder
     (tmp_path / "multirun.yaml").write_text("{}")
     os.utime(tmp_path / "multirun.yaml", (10, 10))
-    assert failed_in_this_sweep(tmp_path) == [f"{new}: boom"]
+    assert failed_in_this_sweep(tmp_path) == [f"{new}: failed: boom"]
+    (ok / "results.json").write_text(json.dumps({"status": "interrupted", "error": None}))
+    assert failed_in_this_sweep(tmp_path) == [f"{new}: failed: boom", f"{ok}: interrupted"]

@@ -41,6 +41,11 @@ INIT_WEIGHTS = "trainer.init_weights"
 CONFIG = "config.yaml"
 # What must agree between a parent and its child besides the weights' shapes.
 SAME = ("model.name", "dataset.name", "dataset.num_classes")
+# ... and the data: the noisy labels, the validation split and the training subset. A child
+# on other labels or another split would validate on images its parent trained on (and
+# `setting` pools children by their parents' settings without seeds).
+SAME_DATA = ("dataset.val_fraction", "dataset.val_seed", "dataset.train_subset",
+             "dataset.train_subset_seed")
 
 
 def parent_folder(cfg: DictConfig) -> Path | None:
@@ -116,6 +121,15 @@ def check_parent(cfg: DictConfig) -> None:
         if there != here:
             raise ConfigError(INIT_FROM, value, "a run of this run's model, dataset and number "
                               "of classes", hint=f"{key} is {there!r} there, {here!r} here")
+    noise = [f"noise.{k}" for k in sorted(set(parent.get("noise", {})) | set(cfg.noise))
+             if k != "file"]  # where human labels lie is not what they are
+    for key in (*SAME_DATA, *noise):
+        there, here = OmegaConf.select(parent, key), OmegaConf.select(cfg, key)
+        if there != here:
+            raise ConfigError(INIT_FROM, value, "a run on this run's data: the same noisy "
+                              "labels, validation split and training subset", hint=f"{key} is "
+                              f"{there!r} there, {here!r} here: this run could validate on "
+                              "images its parent trained on")
     path = weights_file(cfg)
     assert path is not None
     if not path.is_file():

@@ -63,7 +63,8 @@ class JobComposer:
         template, base = self.templates[key]
         changed = [o for k, o in parsed.items() if base.get(k) is None
                    or base[k].input_line != o.input_line]
-        if set(parsed) != set(base) or not all(_plain_value(o) for o in changed):
+        if set(parsed) != set(base) or not all(_plain_value(o) for o in changed) \
+                or any(k.startswith("hydra.") for k in parsed):  # Hydra's own keys: its way
             return self._hydra(overrides)
         config = copy.deepcopy(template)
         with read_write(config), open_dict(config):
