@@ -9,7 +9,8 @@ from src.run.records import RESULT_FIELDS, RESULTS  # noqa: F401
 # Aggregated over seeds (mean, std with ddof=1, n).
 METRICS = (
     "final_test_acc", "best_test_acc", "final_test_ece", "final_test_loss", "final_memorized",
-    "final_recovered", "best_val_acc", "test_acc_at_best_val", "noise_rate_realized",
+    "final_recovered", "best_val_acc", "final_val_acc", "test_acc_at_best_val",
+    "noise_rate_realized",
     "train_time_s",
     # The mean test accuracy of the last trainer.last_k epochs, as Co-teaching's and JoCoR's
     # tables report (--metric test_acc_last_k).

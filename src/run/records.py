@@ -86,6 +86,9 @@ SUMMARY_FIELDS: tuple[Field, ...] = (
     Field("final_recovered", "float or null", "last epoch: fraction of corrupted training "
           "samples predicted as their true label"),
     Field("best_val_acc", "float or null", "best accuracy on the noisy validation split"),
+    Field("final_val_acc", "float or null", "accuracy on the noisy validation split at the "
+          "last epoch: what picks among cells whose final_test_acc is compared (best_val_acc "
+          "is the early-stopping pick, for test_acc_at_best_val)"),
     Field("test_acc_at_best_val", "float or null", "test accuracy at the epoch of "
           "best_val_acc"),
     Field("final_test_nll", "float", "test negative log-likelihood at the last epoch (the "
@@ -133,7 +136,7 @@ def summarise(history: list[dict[str, Any]], last_k: int = 10) -> dict[str, Any]
         "best_epoch": best["epoch"], "test_acc_last_k": sum(tail) / len(tail),
         "final_test_loss": last["test_loss"],
         "final_test_ece": last["test_ece"], "final_memorized": last.get("memorized"),
-        "final_recovered": last.get("recovered"), "best_val_acc": None,
+        "final_recovered": last.get("recovered"), "best_val_acc": None, "final_val_acc": None,
         "test_acc_at_best_val": None, "final_test_nll": last["test_loss"],
         "final_test_brier": last.get("test_brier"), "final_test_ece_over":
         last.get("test_ece_over"), "final_test_ece_under": last.get("test_ece_under"),
@@ -144,6 +147,7 @@ def summarise(history: list[dict[str, Any]], last_k: int = 10) -> dict[str, Any]
     if with_val:
         value = max(with_val, key=lambda r: r["val_acc"])
         out["best_val_acc"], out["test_acc_at_best_val"] = value["val_acc"], value["test_acc"]
+        out["final_val_acc"] = last.get("val_acc")
     return out
 
 
