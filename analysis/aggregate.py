@@ -145,7 +145,8 @@ def _label(values: dict[str, Any], shown: list[str]) -> str:
     parts = [fmt_value(values.get("dataset")), fmt_value(values.get("model")), noise]
     if fmt_value(values.get("noise_label_set")) != "-":
         parts.append(f"labels {values['noise_label_set']}")
-    parts += [f"{k}={fmt_value(values[k])}" for k in shown]
+    # A key the panel's runs lack (another noise model's option) says nothing about it.
+    parts += [f"{k}={fmt_value(values[k])}" for k in shown if fmt_value(values[k]) != "-"]
     return " / ".join(parts)
 
 
