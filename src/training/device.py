@@ -24,6 +24,7 @@ import torch
 
 from src.config.options import AMP_CHOICES
 from src.errors import ConfigError
+from src.training.threads import pid_alive
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,6 @@ GPU_CLAIMS = Path(os.environ.get("LSMIX_GPU_CLAIMS_DIR") or
 _process_gpu: int | None = None  # the GPU this process took
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def gpu_loads(n: int, folder: Path | None = None) -> list[int]:
     """How many live processes hold each of the n GPUs (stale claims are removed)."""
     folder = GPU_CLAIMS if folder is None else folder
@@ -74,7 +65,7 @@ def gpu_loads(n: int, folder: Path | None = None) -> list[int]:
         live = 0
         with contextlib.suppress(OSError):
             for f in (folder / str(i)).iterdir():
-                if f.name.isdigit() and _pid_alive(int(f.name)):
+                if f.name.isdigit() and pid_alive(int(f.name)):
                     live += 1
                 else:
                     f.unlink(missing_ok=True)

@@ -45,7 +45,7 @@ def usable_cores() -> int:
     return max(cores, 1)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,7 +81,7 @@ class Registry:
         live = 0
         with contextlib.suppress(OSError):
             for f in self.folder.iterdir():
-                if f.name.isdigit() and _alive(int(f.name)):
+                if f.name.isdigit() and pid_alive(int(f.name)):
                     live += 1
                 else:
                     f.unlink(missing_ok=True)
