@@ -36,6 +36,7 @@ from analysis.schema import (
     config_columns,
 )
 from src.noise import has_random_draw
+from src.run.records import read_metrics
 
 PROBLEM_COLUMNS = ["run_dir", "status", "error", "experiment", "group", "seed"]
 SKIP_DIRS = {"wandb", "__pycache__"}
@@ -152,8 +153,21 @@ def read_run(run_dir: Path) -> tuple[dict | None, dict | None]:
     except ValueError as err:
         print(f"warning: skipped corrupt {path}: {err}", file=sys.stderr)
         return None, _problem(run_dir, "corrupt", f"corrupt {RESULTS}: {err}")
+    if "final_val_acc" not in res:
+        # Written before results.json recorded it: its own log's last validation accuracy,
+        # what src.run.records.summarise writes now (questions.validation_metric).
+        res["final_val_acc"] = _last_val_acc(run_dir / METRICS_LOG)
     # Where the run is now, not where it was written (studies get moved between machines).
     return {**res, "run_dir": str(run_dir), "results_mtime": _mtime(path)}, None
+
+
+def _last_val_acc(path: Path) -> float | None:
+    """The last epoch's `val_acc` in a metrics log; None without a log or a validation split."""
+    try:
+        rows = read_metrics(path)
+    except (OSError, ValueError):
+        return None
+    return rows[-1].get("val_acc") if rows else None
 
 
 def _status_problem(run: dict[str, Any], k: float) -> dict[str, Any] | None:

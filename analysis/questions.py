@@ -1,7 +1,8 @@
 """The report's questions, answered as claims (see analysis.findings) and descriptive tables.
 
-Every "best" setting is picked on the noisy validation split (mean `best_val_acc`), never on
-test accuracy; the test accuracy of the picked cell is then an honest estimate. A cell picked
+Every "best" setting is picked on the noisy validation split, never on test accuracy: on the
+validation accuracy of the epoch the reported metric is read from (schema.PICKED_ON_BEST_VAL),
+so the test accuracy of the picked cell is an honest estimate. A cell picked
 on test accuracy is shown only as "optimistic (picked on test)". Comparisons pair the runs of
 two cells by replicate (seed, noise_seed). Diverged runs are in both, at the values
 analysis.outcomes gives them (chance accuracy)."""
@@ -16,9 +17,10 @@ import pandas as pd
 
 from analysis.aggregate import Panel, fmt_value, variance_split
 from analysis.findings import Claim, cell_text, correct
+from analysis.schema import PICKED_ON_BEST_VAL
 from analysis.stats import Comparison, StatsOptions, compare
 
-VAL = "best_val_acc"
+BEST_VAL, FINAL_VAL = "best_val_acc", "final_val_acc"
 AT_BEST_VAL = "test_acc_at_best_val"
 METHODS = ("none", "mixup", "smoothing", "mixup_smoothing")
 NO_VAL = "cannot select honestly: no validation split (best_val_acc is null)"
@@ -47,9 +49,24 @@ def _best(cells: pd.DataFrame, col: str) -> pd.Series | None:
     return cells.iloc[order[0]]
 
 
-def pick_on_validation(cells: pd.DataFrame) -> pd.Series | None:
-    """The cell with the highest mean noisy-validation accuracy; None without validation."""
-    return _best(cells, f"{VAL}_mean")
+def validation_metric(cells: pd.DataFrame, metric: str) -> str:
+    """The validation accuracy that picks cells for `metric`: `best_val_acc` for a metric read
+    at the best validation epoch, else `final_val_acc`, the last epoch's. Runs recorded before
+    `final_val_acc` existed (and runs tables without it) fall back to `best_val_acc` for the
+    whole of `cells`, never cell by cell, and the report names what was used."""
+    if metric in PICKED_ON_BEST_VAL:
+        return BEST_VAL
+    final, best = f"{FINAL_VAL}_mean", f"{BEST_VAL}_mean"
+    if final in cells and cells[final].notna().any() and (
+            best not in cells or (cells[final].notna() | cells[best].isna()).all()):
+        return FINAL_VAL
+    return BEST_VAL
+
+
+def pick_on_validation(cells: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The cell with the highest mean noisy-validation accuracy (`validation_metric`); None
+    without validation."""
+    return _best(cells, f"{validation_metric(cells, metric)}_mean")
 
 
 def pick_on_test(cells: pd.DataFrame, metric: str) -> pd.Series | None:
@@ -57,11 +74,12 @@ def pick_on_test(cells: pd.DataFrame, metric: str) -> pd.Series | None:
     return _best(cells, f"{metric}_mean")
 
 
-def best_per_method(panel: Panel) -> dict[str, pd.Series]:
+def best_per_method(panel: Panel, metric: str) -> dict[str, pd.Series]:
     """Per method (none, mixup, smoothing, mixup_smoothing), its cell picked on validation."""
     cells = panel.cells
     kind = np.array([method_of(a, e) for a, e in zip(cells["mixup_alpha"], cells["smoothing"])])
-    picks = {m: pick_on_validation(cells[kind == m]) for m in METHODS if (kind == m).any()}
+    picks = {m: pick_on_validation(cells[kind == m], metric) for m in METHODS
+             if (kind == m).any()}
     return {m: c for m, c in picks.items() if c is not None}
 
 
@@ -90,14 +108,16 @@ def q1_family(panel: Panel, metric: str) -> list[Claim]:
 def _q1_pick(panel: Panel, alpha: float, cells: pd.DataFrame, metric: str
              ) -> tuple[Claim, dict]:
     """The best ε at one α, picked on validation: its claim and its row of best_eps.csv."""
-    pick, optimistic = pick_on_validation(cells), pick_on_test(cells, metric)
+    pick, optimistic = pick_on_validation(cells, metric), pick_on_test(cells, metric)
+    val = validation_metric(cells, metric)
     base = cells[cells["smoothing"] == 0]
     base = base.iloc[0] if len(base) else None
     eps = math.nan if pick is None else float(pick["smoothing"])
     row = {"panel": panel.label, "mixup_alpha": alpha, "picked_smoothing": eps,
-           "sign": "n/a" if pick is None else sign(eps), "picked_val_acc": _mean(pick, VAL),
-           "picked_test_acc": _mean(pick, metric), "picked_test_acc_at_best_val":
-           _mean(pick, AT_BEST_VAL), "eps0_test_acc": _mean(base, metric),
+           "sign": "n/a" if pick is None else sign(eps), "picked_on": val,
+           "picked_val_acc": _mean(pick, val), "picked_test_acc": _mean(pick, metric),
+           "picked_test_acc_at_best_val": _mean(pick, AT_BEST_VAL),
+           "eps0_test_acc": _mean(base, metric),
            "optimistic_smoothing": math.nan if optimistic is None else optimistic["smoothing"],
            "optimistic_test_acc": _mean(optimistic, metric)}
     where = f"α={fmt_value(alpha)}"
@@ -126,7 +146,7 @@ def q1(panel: Panel, metric: str) -> tuple[list[Claim], list[dict]]:
 def q2(panel: Panel, best_rows: list[dict], metric: str) -> tuple[Claim, dict]:
     """Q2: the best (α, ε) of the panel on validation, the sign of its ε, and the best ε at
     each α (one row of the moves table)."""
-    pick = pick_on_validation(panel.cells)
+    pick = pick_on_validation(panel.cells, metric)
     row = {"setting": panel.label} | {f"α={fmt_value(r['mixup_alpha'])}":
                                       fmt_value(r["picked_smoothing"]) for r in best_rows}
     if pick is None:
@@ -172,12 +192,14 @@ def q4(panel: Panel, metric: str) -> tuple[list[Claim], dict | None]:
     against ERM (a pick tested on its own would inherit the luck of its runs, which validation
     and test accuracy share)."""
     claims = q4_family(panel, metric)
-    by_val, by_test = pick_on_validation(panel.cells), pick_on_test(panel.cells, metric)
+    by_val, by_test = pick_on_validation(panel.cells, metric), pick_on_test(panel.cells, metric)
     if by_val is None or by_test is None:
         return claims, None
     cell = (float(by_val["mixup_alpha"]), float(by_val["smoothing"]))
+    val = validation_metric(panel.cells, metric)
     row = {"panel": panel.label, "val_alpha": cell[0], "val_smoothing": cell[1],
-           "val_best_val_acc": _mean(by_val, VAL), "val_test_acc": _mean(by_val, metric),
+           "picked_on": val, "val_val_acc": _mean(by_val, val),
+           "val_test_acc": _mean(by_val, metric),
            "val_test_acc_at_best_val": _mean(by_val, AT_BEST_VAL),
            "test_alpha": by_test["mixup_alpha"], "test_smoothing": by_test["smoothing"],
            "optimistic_test_acc": _mean(by_test, metric),
@@ -196,9 +218,10 @@ CALIBRATION = ("final_test_ece", "final_test_ece_over", "final_test_ece_under",
 
 def calibration(panel: Panel) -> list[dict]:
     """Calibration of the cell each method picks on validation (means over replicates; its
-    diverged runs, counted in n and n_diverged, have no calibration and are left out)."""
+    diverged runs, counted in n and n_diverged, have no calibration and are left out).
+    Calibration is read at the last epoch, so the pick is the last epoch's validation."""
     rows = []
-    for method, c in best_per_method(panel).items():
+    for method, c in best_per_method(panel, "final_test_ece").items():
         rows.append({"panel": panel.label, "method": method, "mixup_alpha": c["mixup_alpha"],
                      "smoothing": c["smoothing"], "n": int(c["n"]),
                      "n_diverged": int(c.get("n_diverged", 0))}
@@ -229,7 +252,7 @@ def _narrow(panel: Panel, metric: str) -> Panel:
     """The panel with only the summary columns the questions read (row lookups in a summary
     of every metric's mean, std and count are what a large study's analysis spends its time
     on)."""
-    means = [f"{m}_mean" for m in (metric, VAL, AT_BEST_VAL, *CALIBRATION)]
+    means = [f"{m}_mean" for m in (metric, BEST_VAL, FINAL_VAL, AT_BEST_VAL, *CALIBRATION)]
     keep = ["mixup_alpha", "smoothing", "n", *(c for c in ("n_diverged", *means)
                                                 if c in panel.cells)]
     return replace(panel, cells=panel.cells[list(dict.fromkeys(keep))])

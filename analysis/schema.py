@@ -83,11 +83,18 @@ STATUSES = ("completed", "failed", "diverged", "interrupted")
 # a failed or interrupted run says nothing about its setting.
 ANALYSED = ("completed", "diverged")
 # The accuracies: metrics with a chance level, 1 / K (what a diverged run counts as).
-CHANCE_METRICS = ("final_test_acc", "best_test_acc", "best_val_acc", "test_acc_at_best_val",
-                  "test_acc_last_k")
+CHANCE_METRICS = ("final_test_acc", "best_test_acc", "best_val_acc", "final_val_acc",
+                  "test_acc_at_best_val", "test_acc_last_k")
 # Of those, the ones measured on (or picked with) the noisy validation split: only runs with one
 # (val_fraction > 0) have them.
-VALIDATION_METRICS = ("best_val_acc", "test_acc_at_best_val")
+VALIDATION_METRICS = ("best_val_acc", "final_val_acc", "test_acc_at_best_val")
+# Which validation accuracy picks a "best" cell for a reported metric: the one measured at the
+# epoch the metric is read from. A metric read at the best validation epoch is picked on
+# `best_val_acc`; every other (the last epoch, the mean of the last k) on `final_val_acc`.
+# Picking a last-epoch metric on best_val_acc would reward early epochs the reported number
+# never sees, and settings that only change training after a warm-up (negative ε switched on
+# at epoch 8) share the warm-up's best epoch with ε = 0, so they would tie or win by it.
+PICKED_ON_BEST_VAL = ("test_acc_at_best_val", "best_test_acc")
 # Where a run records K, the number of classes, first found first: the dataset's setting in
 # `config` (flattened by the loader), or a top-level key.
 NUM_CLASSES = (CONFIG_PREFIX + "dataset.num_classes", "num_classes")

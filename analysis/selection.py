@@ -54,7 +54,8 @@ def fixed_cells(panels: list[Panel]) -> dict[str, tuple[float, float]]:
     return fixed
 
 
-def choose(cells: pd.DataFrame, fixed: dict[str, tuple[float, float]]) -> pd.DataFrame:
+def choose(cells: pd.DataFrame, fixed: dict[str, tuple[float, float]],
+           metric: str = "final_test_acc") -> pd.DataFrame:
     """One summary row per method with a `chosen_by` column ('only', 'validation', 'fixed');
     a method whose fixed cell was not run here is left out."""
     rows = []
@@ -62,7 +63,7 @@ def choose(cells: pd.DataFrame, fixed: dict[str, tuple[float, float]]) -> pd.Dat
         if len(group) == 1:
             rows.append(group.iloc[0].copy())
             rows[-1]["chosen_by"] = "only"
-        elif (by_val := pick_on_validation(group)) is not None:
+        elif (by_val := pick_on_validation(group, metric)) is not None:
             rows.append(by_val.copy())
             rows[-1]["chosen_by"] = "validation"
         else:

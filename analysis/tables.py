@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.aggregate import Panel, fmt_value
 from analysis.errors import AnalysisError
+from analysis.questions import validation_metric
 from analysis.schema import CHANCE_METRICS, EPS_AXES
 
 
@@ -185,15 +186,16 @@ def grid(panel: Panel, metric: str, eps_axis: str = "smoothing") -> Grid:
 def _bold(cells: pd.DataFrame, row: str, metric: str, spec: TableMetric,
           mean: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
     """The cell to bold, why, and whether it is the validation pick. Test accuracy: the cell
-    the noisy validation split picks (highest mean best_val_acc), so that the bold number is
+    the noisy validation split picks (questions.validation_metric), so that the bold number is
     an honest estimate; without a validation split the best test mean, said to be
     optimistic. Other metrics: the best mean, a description of the table rather than a
     choice."""
     if metric.startswith(("final_test_acc", "best_test_acc")):
-        val = _pivot(cells, row, "best_val_acc_mean") if "best_val_acc_mean" in cells else None
+        by = validation_metric(cells, metric)
+        val = _pivot(cells, row, f"{by}_mean") if f"{by}_mean" in cells else None
         if val is not None and val.notna().any().any():
             return val == val.max().max(), ("Bold: the cell the noisy validation split picks "
-                                            "(highest mean best_val_acc); its test accuracy "
+                                            f"(highest mean {by}); its test accuracy "
                                             "is the honest estimate of the best setting."), True
         target = mean.max().max()
         return mean == target, ("Bold: the highest test mean, picked on the test set itself "
