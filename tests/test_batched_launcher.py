@@ -156,8 +156,34 @@ def test_launcher_plan_separates_other_settings_and_runs_recurrent_models_alone(
     gru = [base + ["model=gru", f"trainer.seed={s}"] for s in (0, 1)]
     tasks = [make_cfg(o, run_dir=Path(f"/o/{i}"))
              for i, o in enumerate(grid + other_lr + lstm + gru)]
-    assert _plan(tasks, 16) == [[0, 1, 2, 3], [4, 5], [6], [7], [8], [9]]
-    assert _plan(tasks, 3) == [[0, 1, 2], [3], [4, 5], [6], [7], [8], [9]]
+    assert _plan(tasks, 16, stack="always") == ([[0, 1, 2, 3], [4, 5], [6], [7], [8], [9]], [])
+    assert _plan(tasks, 3, stack="always")[0] == [[0, 1, 2], [3], [4, 5], [6], [7], [8], [9]]
+    # never: every run alone, and the log names the models that could have stacked.
+    assert _plan(tasks, 16, stack="never") == ([[i] for i in range(10)], ["mlp"])
+
+
+def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch):
+    from src.run import batches
+    from src.sweep import plan
+
+    tasks = [make_cfg(cell(a, e, s), run_dir=Path(f"/o/{i}")) for i, (a, e, s) in
+             enumerate(CELLS)]
+    timed: list[int] = []
+
+    def step_of(seconds: float):
+        def step_seconds(cfg, batch):
+            timed.append(batch)
+            return seconds, 0.0
+        return step_seconds
+
+    monkeypatch.setattr(plan, "step_seconds", step_of(batches.CPU_STACK_MAX_STEP_S / 2))
+    assert _plan(tasks, 16, "cpu") == ([[0, 1, 2, 3]], [])
+    assert len(timed) == 1  # once per setting, not per job
+    monkeypatch.setattr(plan, "step_seconds", step_of(batches.CPU_STACK_MAX_STEP_S * 2))
+    assert _plan(tasks, 16, "cpu") == ([[0], [1], [2], [3]], ["mlp"])
+    assert _plan(tasks, 16, "cuda") == ([[0, 1, 2, 3]], [])  # a GPU: stacked, never timed
+    assert len(timed) == 2
+    assert _plan(tasks, 16, "cpu", "always") == ([[0, 1, 2, 3]], [])
 
 
 def test_batch_writes_each_runs_ordinary_folder_equal_to_its_separate_run(tmp_path):
@@ -253,7 +279,7 @@ def test_batched_sweep_writes_what_the_default_launcher_writes(tmp_path):
     default = run_module(SWEEP + [f"hydra.sweep.dir={tmp_path / 'default'}"], cwd=tmp_path)
     assert default.returncode == 0, default.stderr[-3000:]
     batched_args = SWEEP + [f"hydra.sweep.dir={tmp_path / 'batched'}", "hydra/launcher=batched",
-                            "hydra.launcher.max_members=5"]
+                            "hydra.launcher.max_members=5", "hydra.launcher.stack=always"]
     batched = run_module(batched_args, cwd=tmp_path)
     assert batched.returncode == 0, batched.stderr[-3000:]
     assert "Launching 8 jobs as 2 batches of at most 5 runs" in batched.stdout + batched.stderr
@@ -293,3 +319,7 @@ def test_bad_max_members_is_refused_before_anything_is_written(tmp_path):
     assert out.returncode == 2
     assert "hydra.launcher.max_members=0 is not valid" in out.stderr
     assert not list((tmp_path / "s").rglob("results.json"))
+    out = run_module(SWEEP + [f"hydra.sweep.dir={tmp_path / 't'}", "hydra/launcher=batched",
+                              "hydra.launcher.stack=sometimes"], cwd=tmp_path)
+    assert out.returncode == 2 and "hydra.launcher.stack='sometimes' is not valid" in out.stderr
+    assert "auto | always | never" in out.stderr and not (tmp_path / "t").exists()

@@ -115,12 +115,13 @@ def test_fp16_and_dropout_runs_are_never_stacked():
     assert "vmap" in cannot_stack({"name": "lstm"}, "off")
     fp16 = [make_cfg(cell(0.0, e, 0, ["trainer.amp=fp16"]), run_dir=Path(f"/o/{e}"))
             for e in (0.0, 0.1, -10000.0)]
-    assert _plan(fp16, 16) == [[0], [1], [2]]  # one job at a time: each its own loss scale
+    # One job at a time: each its own loss scale.
+    assert _plan(fp16, 16, stack="always")[0] == [[0], [1], [2]]
     with pytest.raises(ConfigError, match="fp16"):
         check_batch(fp16[:2])
     dropout = [make_cfg(cell(0.0, e, 0, ["model.dropout=0.2"]), run_dir=Path(f"/o/d{e}"))
                for e in (0.0, 0.1)]
-    assert _plan(dropout, 16) == [[0], [1]]
+    assert _plan(dropout, 16, stack="always")[0] == [[0], [1]]
     with pytest.raises(ConfigError, match="parallel_seeds.*fp16"):
         validate(make_cfg(TINY_MLP + ["trainer.amp=fp16", "trainer.parallel_seeds=[0,1]"],
                           run_dir=Path("/o/p")))
@@ -133,7 +134,7 @@ def test_a_batched_fp16_sweep_gives_each_run_its_separate_accuracy(tmp_path):
     jobs = [LaunchedJob(cfg_in(cell(0.0, e, 0, ["trainer.amp=fp16"]), tmp_path / f"e={e}"),
                         group=f"e={e}") for e in (0.0, 0.1, -10000.0)]
     from hydra_plugins.lsmix_batched_launcher.batched_launcher import _plan as plan
-    batches = plan([j.cfg for j in jobs], 16)
+    batches, _ = plan([j.cfg for j in jobs], 16, stack="always")
     for batch in batches:
         train_batch([jobs[i] for i in batch])
     results = [read_json(Path(j.cfg.paths.run_dir) / "results.json") for j in jobs]

@@ -89,7 +89,7 @@ def test_batched_slurm_has_submitit_slurms_keys_and_max_members():
         ConfigStore.instance().load("hydra/launcher/batched_slurm.yaml").node)
     slurm = OmegaConf.to_container(OmegaConf.structured(SlurmQueueConf))
     assert node.pop("_target_").endswith("slurm_launcher.BatchedSlurmLauncher")
-    assert node.pop("max_members") == 16
+    assert node.pop("max_members") == 16 and node.pop("stack") == "auto"
     slurm.pop("_target_")
     assert node == slurm  # every key and default of submitit_slurm
 
@@ -110,3 +110,11 @@ def test_runs_failed_during_this_sweep_are_listed_whatever_the_launcher(tmp_path
     assert failed_in_this_sweep(tmp_path) == [f"{new}: failed: boom"]
     (ok / "results.json").write_text(json.dumps({"status": "interrupted", "error": None}))
     assert failed_in_this_sweep(tmp_path) == [f"{new}: failed: boom", f"{ok}: interrupted"]
+
+
+def test_batched_slurm_plans_for_the_device_its_jobs_ask_for():
+    from hydra_plugins.lsmix_batched_launcher.slurm_launcher import BatchedSlurmLauncher
+
+    assert BatchedSlurmLauncher()._job_device() == "cpu"
+    assert BatchedSlurmLauncher(gpus_per_node=1)._job_device() == "cuda"
+    assert BatchedSlurmLauncher(gres="gpu:h100:1")._job_device() == "cuda"

@@ -70,9 +70,10 @@ class ComposedJob:
 
 
 class BatchedLauncher(Launcher):
-    def __init__(self, max_members: int = 16) -> None:
+    def __init__(self, max_members: int = 16, stack: str = "auto") -> None:
         super().__init__()
         self.max_members = max_members
+        self.stack = stack
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -89,10 +90,11 @@ class BatchedLauncher(Launcher):
         _app_module(task_function)
         from src.config.entry import refuse
         from src.errors import ConfigError
-        from src.run.batches import check_max_members
+        from src.run.batches import check_max_members, check_stack
 
         try:
             check_max_members(self.max_members)
+            check_stack(self.stack)
         except ConfigError as err:
             refuse(err)
         self.config = config
@@ -123,10 +125,20 @@ class BatchedLauncher(Launcher):
                        ) -> tuple[list[ComposedJob], list[list[int]]]:
         """Every job composed, and the batches they train in (as indices into the jobs)."""
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        plan = _plan([j.task for j in jobs], self.max_members)
+        plan, unstacked = _plan([j.task for j in jobs], self.max_members, self._job_device(),
+                                self.stack)
         log.info("Launching %d jobs as %d batches of at most %d runs", len(jobs), len(plan),
                  self.max_members)
+        if unstacked:
+            log.info("One run at a time for %s (hydra.launcher.stack=%s%s)", ", ".join(unstacked),
+                     self.stack, ": stacked, they would train slower on this device"
+                     if self.stack == "auto" else "")
         return jobs, plan
+
+    def _job_device(self) -> str | None:
+        """The device type the jobs train on, where it is not this process's (None: each
+        job's `trainer.device`, resolved here)."""
+        return None
 
     def _compose(self, idx: int, overrides: list[str], job_id: str | None = None) -> ComposedJob:
         """The job's config with its number and folder, as Hydra's run_job sets them (its id:
@@ -195,28 +207,41 @@ class BatchedLauncher(Launcher):
         return returns
 
 
-def _plan(tasks: list[DictConfig], max_members: int) -> list[list[int]]:
-    """The batches, as job indices (src.run.batches.plan_batches). A config the key cannot be
-    read from (it fails validation in its job) is a batch of its own."""
+def _plan(tasks: list[DictConfig], max_members: int, device: str | None = None,
+          stack: str = "auto") -> tuple[list[list[int]], list[str]]:
+    """The batches, as job indices (src.run.batches.plan_batches), and the models that could
+    stack but train one at a time: under `stack=auto` because stacking them is slower on
+    `device` (src.run.batches.stacking_pays; a device type, None: each job's own, resolved
+    here), under `never` all. A
+    config the key cannot be read from (it fails validation in its job) is a batch of its
+    own."""
     from src.config.validate import cannot_stack
-    from src.run.batches import batch_key, plan_batches
+    from src.run.batches import batch_key, plan_batches, stacking_pays
     from src.training.device import resolve_execution
 
     keys: list[str | None] = []
     sizes: list[int] = []
     batchable: list[bool] = []
+    unstacked: set[str] = set()
+    pays: dict[str, bool] = {}  # by batch key: timed once per setting
     for task in tasks:
         try:
             key, size = batch_key(task), len(task.trainer.get("parallel_seeds") or []) or 1
             # The precision a run resolves to here (amp=auto: fp16 on a GPU without bf16).
-            amp = resolve_execution(task.trainer).amp
-            alone = cannot_stack(task.model, amp) is not None
+            execution = resolve_execution(task.trainer)
+            alone = cannot_stack(task.model, execution.amp) is not None
+            name = str(task.model.name)
+            if not alone and stack == "auto" and key not in pays:
+                pays[key] = stacking_pays(task, device or execution.device.type)
+            if not alone and (stack == "never" or stack == "auto" and not pays[key]):
+                alone = True
+                unstacked.add(name)
         except Exception:  # reported by the job itself, alone
             key, size, alone = None, 1, True
         keys.append(key)
         sizes.append(size)
         batchable.append(not alone)
-    return plan_batches(keys, sizes, max_members, batchable)
+    return plan_batches(keys, sizes, max_members, batchable), sorted(unstacked)
 
 
 def _log_to_folders(jobs: list[ComposedJob]) -> list[logging.Handler]:

@@ -20,6 +20,10 @@ class BatchedLauncherConf:
     # At most this many runs train together as one batched model (more make larger batches:
     # faster per run for small models, until memory or the device is full).
     max_members: int = 16
+    # auto: stack the runs where stacking is faster (src.run.batches.stacking_pays: on a GPU,
+    # and on a CPU while a step is short); always: every run that can be stacked; never: one
+    # run at a time.
+    stack: str = "auto"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class BatchedSlurmLauncherConf(SlurmQueueConf):
         "hydra_plugins.lsmix_batched_launcher.slurm_launcher.BatchedSlurmLauncher"
     )
     max_members: int = 16
+    stack: str = "auto"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf,

@@ -49,10 +49,16 @@ _EXECUTOR_KEYS = ("submitit_folder", "max_num_timeout")
 
 
 class BatchedSlurmLauncher(BatchedLauncher):
-    def __init__(self, max_members: int = 16, **params: Any) -> None:
-        super().__init__(max_members)
+    def __init__(self, max_members: int = 16, stack: str = "auto", **params: Any) -> None:
+        super().__init__(max_members, stack)
         self.params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v)
                        else v for k, v in params.items()}
+
+    def _job_device(self) -> str:
+        """The jobs train where SLURM puts them: on a GPU when they ask for one."""
+        gres = str(self.params.get("gres") or "")
+        return "cuda" if self.params.get("gpus_per_node") or self.params.get("gpus_per_task") \
+            or "gpu" in gres else "cpu"
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:

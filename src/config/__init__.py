@@ -48,6 +48,7 @@ LAUNCH_KEYS: tuple[str, ...] = (
     "experiment", "hparams_search", "skip_completed", "logger", "logger.mode", "logger.project",
     "logger.entity",
     "paths.output_dir", "paths.data_dir", "hydra.launcher.n_jobs", "hydra.launcher.max_members",
+    "hydra.launcher.stack",
     "hydra/launcher", "debug", "local", "plan",
 )
 # What may differ between runs trained together as one batched model: each member's draws come

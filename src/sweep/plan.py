@@ -102,7 +102,7 @@ def _fastest(fn: Any, device: torch.device, budget_s: float = 3.0) -> float:
     return min(times)
 
 
-def _step_seconds(cfg: DictConfig, batch: int) -> tuple[float, float]:
+def step_seconds(cfg: DictConfig, batch: int) -> tuple[float, float]:
     """The time of a training step (forward, backward, SGD update) of the run's model at its
     batch size, and of an evaluated image (forwards of up to 256 images), on random images of
     its dataset's shape, eager and in fp32 (compiled or bf16 runs are faster), on the GPU when
@@ -168,7 +168,7 @@ def estimate(cfg: DictConfig) -> Estimate:
     memorised = cfg.trainer.get("memorization_subset")  # a fixed part of the training split
     n_memo = n_train if memorised is None else min(n_train, int(memorised))
     # Every evaluation predicts the training split (memorisation), validation and test.
-    step_s, eval_image_s = _step_seconds(cfg, batch)
+    step_s, eval_image_s = step_seconds(cfg, batch)
     return Estimate(step_s=step_s, eval_image_s=eval_image_s, steps_per_epoch=steps,
                     eval_images=n_memo + n_val + n_test, epochs=epochs,
                     evaluations=math.ceil(epochs / every))

@@ -30,7 +30,8 @@ from tests.cluster.conftest import (
 GRID = ["-m", *BASE, "trainer.epochs=6", "augmentation=mixup_smoothing",
         "augmentation.mixup_alpha=0,0.4", "augmentation.smoothing=0,0.1", "trainer.seed=0,1"]
 BATCHED_SLURM = ["hydra/launcher=batched_slurm", f"hydra.launcher.partition={PARTITION}",
-                 "hydra.launcher.cpus_per_task=1", "hydra.launcher.max_members=8"]
+                 "hydra.launcher.cpus_per_task=1", "hydra.launcher.max_members=8",
+                 "hydra.launcher.stack=always"]
 
 
 def runs_of(sweep: Path) -> dict[str, tuple[dict, list[dict]]]:
@@ -53,7 +54,7 @@ def local_batched(tmp_path_factory) -> dict[str, tuple[dict, list[dict]]]:
     """The same sweep through the local batched launcher (hydra/launcher=batched)."""
     folder = tmp_path_factory.mktemp("local_batched")
     code, out = run([*GRID, "hydra/launcher=batched", "hydra.launcher.max_members=8",
-                     f"hydra.sweep.dir={folder / 'sweep'}"], folder)
+                     "hydra.launcher.stack=always", f"hydra.sweep.dir={folder / 'sweep'}"], folder)
     assert code == 0, out[-3000:]
     return runs_of(folder / "sweep")
 
