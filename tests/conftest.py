@@ -71,6 +71,23 @@ def _loggers_enabled():
 
 
 @pytest.fixture
+def compile_with(monkeypatch):
+    """Point the suite's torch.compile (src.training.model_cache) at a given backend; Dynamo
+    and the model cache reset around the test."""
+    import torch
+
+    from src.training import model_cache
+
+    def use(backend: object) -> None:
+        monkeypatch.setitem(model_cache.COMPILE_OPTIONS, "backend", backend)
+    torch._dynamo.reset()
+    model_cache.clear()
+    yield use
+    model_cache.clear()
+    torch._dynamo.reset()
+
+
+@pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
 

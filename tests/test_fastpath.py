@@ -104,18 +104,6 @@ def test_fused_optimizer_with_tensor_lr_follows_the_float_lr_path(optimizer):
     assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture
-def compile_with(monkeypatch):
-    """Point model_cache's compile at a given backend; reset Dynamo around the test."""
-    def use(backend: object) -> None:
-        monkeypatch.setitem(model_cache.COMPILE_OPTIONS, "backend", backend)
-    torch._dynamo.reset()
-    model_cache.clear()
-    yield use
-    model_cache.clear()
-    torch._dynamo.reset()
-
-
 def test_no_recompile_when_lambda_eps_lr_eval_batch_or_run_change(compile_with):
     counter = CountingBackend()
     compile_with(counter)

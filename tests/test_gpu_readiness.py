@@ -26,18 +26,6 @@ SEEDS = [0, 3, 7]
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
-@pytest.fixture
-def compile_with(monkeypatch):
-    """Point the suite's torch.compile at a given backend; reset Dynamo around the test."""
-    def use(backend: object) -> None:
-        monkeypatch.setitem(model_cache.COMPILE_OPTIONS, "backend", backend)
-    torch._dynamo.reset()
-    model_cache.clear()
-    yield use
-    model_cache.clear()
-    torch._dynamo.reset()
-
-
 def states(gens: list[torch.Generator]) -> list[torch.Tensor]:
     return [g.get_state() for g in gens]
 
