@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,15 +167,17 @@ def add_panel_ids(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return done.assign(_panel=ids.to_numpy())
 
 
-def _distinguishing(summary: pd.DataFrame, pkeys: list[str]) -> list[str]:
-    """The keys beyond dataset/model/noise that a label must show: those that part panels the
-    head and the keys already shown do not (a dataset's normalisation, a model's widths or a
-    noise model's options follow from its name wherever the study has one value per name)."""
-    by = [k for k in PANEL_HEAD if k in pkeys]
+def distinguishing(rows: pd.DataFrame, keys: list[str], head: Sequence[str] = PANEL_HEAD
+                   ) -> list[str]:
+    """The keys beyond `head` (dataset/model/noise) that a label must show: those that part
+    rows the head and the keys already shown do not (a dataset's normalisation, a model's
+    widths or a noise model's options follow from its name wherever the study has one value
+    per name)."""
+    by = [k for k in head if k in keys]
     shown: list[str] = []
-    for k in (k for k in pkeys if k not in PANEL_HEAD):
-        within = summary.groupby(by + shown, dropna=False)[k].nunique(dropna=False) if by + \
-            shown else pd.Series([summary[k].nunique(dropna=False)])
+    for k in (k for k in keys if k not in head):
+        within = rows.groupby(by + shown, dropna=False)[k].nunique(dropna=False) if by + \
+            shown else pd.Series([rows[k].nunique(dropna=False)])
         if within.gt(1).any():
             shown.append(k)
     return shown
@@ -183,7 +186,7 @@ def _distinguishing(summary: pd.DataFrame, pkeys: list[str]) -> list[str]:
 def make_panels(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]) -> list[Panel]:
     """Split runs and summary (both with `_panel` ids) into panels, in sorted order."""
     pkeys = panel_keys(keys)
-    shown = _distinguishing(summary, pkeys)
+    shown = distinguishing(summary, pkeys)
     runs = dict(iter(done.groupby("_panel")))
     panels = []
     for pid, cells in summary.groupby("_panel", sort=True):

@@ -11,6 +11,7 @@ from analysis import plots, questions
 from analysis.aggregate import (
     Panel,
     add_panel_ids,
+    distinguishing,
     fmt_value,
     group_keys,
     make_panels,
@@ -65,8 +66,10 @@ def write_grids(panels: list[Panel], grids: dict[str, list[Grid]], out: Path) ->
 def _families(panels: list[Panel], keys: list[str]) -> dict[str, list[Panel]]:
     """Panels that differ only in noise rate (and CIFAR-10N label set), by a readable name."""
     along = [k for k in panel_keys(keys) if k not in ("noise_rate", "noise_label_set")]
-    extra = [k for k in along if k not in ("dataset", "model", "noise")
-             and len({fmt_value(p.values[k]) for p in panels}) > 1]
+    head = ("dataset", "model", "noise")
+    values = pd.DataFrame([{k: fmt_value(p.values[k]) for k in along} for p in panels],
+                          columns=along)
+    extra = distinguishing(values, along, head)
     families: dict[str, list[Panel]] = {}
     for p in panels:
         name = " / ".join([fmt_value(p.values[k]) for k in ("dataset", "model", "noise")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.aggregate import _distinguishing, _label
+from analysis.aggregate import _label, distinguishing
 
 PKEYS = ["dataset", "model", "noise", "noise_rate", "noise_label_set", "config.dataset.mean",
          "config.model.hidden_sizes", "config.trainer.lr"]
@@ -20,7 +20,7 @@ def test_keys_that_follow_from_the_head_are_left_out():
         ("mnist", "mlp", "symmetric", 0.6, None, "[0.1307]", "[512, 256]", 0.1),
         ("fashion_mnist", "mlp", "symmetric", 0.6, None, "[0.286]", "[512, 256]", 0.1),
         ("fashion_mnist", "cnn", "symmetric", 0.6, None, "[0.286]", None, 0.1)])
-    assert _distinguishing(summary, PKEYS) == []
+    assert distinguishing(summary, PKEYS) == []
     values = dict(zip(PKEYS, summary.iloc[1]))
     assert _label(values, []) == "fashion_mnist / mlp / symmetric 0.6"
 
@@ -30,8 +30,8 @@ def test_a_key_that_parts_panels_of_one_head_is_shown():
         ("mnist", "mlp", "symmetric", 0.6, None, "[0.1307]", "[512, 256]", 0.1),
         ("mnist", "mlp", "symmetric", 0.6, None, "[0.1307]", "[512, 256]", 0.05),
         ("fashion_mnist", "mlp", "symmetric", 0.6, None, "[0.286]", "[64]", 0.1)])
-    assert _distinguishing(summary, PKEYS) == ["config.trainer.lr"]
+    assert distinguishing(summary, PKEYS) == ["config.trainer.lr"]
     # Now the widths part two mnist panels as well (a key shown once parts its panels: the
     # ones after it are judged within them).
     summary.loc[2, ["dataset", "config.dataset.mean"]] = ["mnist", "[0.1307]"]
-    assert _distinguishing(summary, PKEYS) == ["config.model.hidden_sizes", "config.trainer.lr"]
+    assert distinguishing(summary, PKEYS) == ["config.model.hidden_sizes", "config.trainer.lr"]
