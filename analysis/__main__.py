@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and JoCoR report)")
     ap.add_argument("--min-pairs", type=int, default=5,
                     help="fewest paired runs for a verdict other than undecided (default 5)")
+    ap.add_argument("--figures", choices=("png,pdf", "png", "pdf", "none"), default="png,pdf",
+                    help="the figures' file formats (default png,pdf; none: no figures)")
     return ap.parse_args(argv)
 
 
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                                  metric=args.metric)
             analyse(args.paths, args.out, quiet=args.quiet, push_wandb=args.wandb,
                     allow_duplicates=args.allow_duplicates, eps_axis=args.eps_axis,
-                    stats=stats)
+                    stats=stats, figure_formats=tuple(
+                        f for f in args.figures.split(",") if f != "none"))
     except AnalysisError as err:
         print(f"analysis error: {err}", file=sys.stderr)
         return 2

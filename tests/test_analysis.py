@@ -771,3 +771,16 @@ def test_eps_axis_uniform_mass_and_conventions_never_mixed(tmp_path, capsys):
     assert err.value.code == 2 and "--eps-axis" in capsys.readouterr().err
     with pytest.raises(AnalysisError, match="eps axis 'mass'"):
         analyse([tmp_path / "study"], tmp_path / "out2", eps_axis="mass")
+
+
+def test_figures_option_writes_only_the_formats_asked_for(planted, tmp_path):
+    study = planted[0]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(study), "--out", str(tmp_path / "png"), "--figures", "png",
+                     "--quiet"]) == 0
+        assert main([str(study), "--out", str(tmp_path / "none"), "--figures", "none",
+                     "--quiet"]) == 0
+    suffixes = {p.suffix for p in (tmp_path / "png" / "plots").iterdir()}
+    assert suffixes == {".png"}
+    assert not list((tmp_path / "none").rglob("*.p[nd][gf]"))
+    assert (tmp_path / "none" / "report.md").is_file()
