@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and JoCoR report)")
     ap.add_argument("--min-pairs", type=int, default=5,
                     help="fewest paired runs for a verdict other than undecided (default 5)")
-    ap.add_argument("--figures", choices=("png,pdf", "png", "pdf", "none"), default="png,pdf",
+    ap.add_argument("--figures", choices=("png,pdf", "pdf,png", "png", "pdf", "none"),
+                    default="png,pdf",
                     help="the figures' file formats (default png,pdf; none: no figures)")
     return ap.parse_args(argv)
 

@@ -183,17 +183,35 @@ def distinguishing(rows: pd.DataFrame, keys: list[str], head: Sequence[str] = PA
     return shown
 
 
+def one_validation(cells: pd.DataFrame) -> pd.DataFrame:
+    """A panel's cells with `final_val_acc` kept only where every run with a `best_val_acc` has
+    one (runs written before the key and without a validation log lack it): the panel's picks
+    then all read the same accuracy (analysis.questions.validation_metric), never one per
+    subset of cells, and no cell mean stands on part of its runs."""
+    n, ref = "final_val_acc_n", "best_val_acc_n"
+    if n in cells and ref in cells and (cells[n].fillna(0) < cells[ref].fillna(0)).any():
+        return cells.assign(final_val_acc_mean=math.nan)
+    return cells
+
+
 def make_panels(done: pd.DataFrame, summary: pd.DataFrame, keys: list[str]) -> list[Panel]:
     """Split runs and summary (both with `_panel` ids) into panels, in sorted order."""
     pkeys = panel_keys(keys)
-    shown = distinguishing(summary, pkeys)
+    groups = list(summary.groupby("_panel", sort=True))
+    values = [{k: cells[k].iloc[0] for k in pkeys} for _, cells in groups]
+    # Judged as the labels print them, so that two panels never print alike.
+    printed = pd.DataFrame([{k: fmt_value(v[k]) for k in pkeys} for v in values],
+                           columns=pkeys)
+    labels = [_label(v, distinguishing(printed, pkeys)) for v in values]
+    if len(set(labels)) < len(labels):  # a head key printed alike: show every varying key
+        varying = [k for k in pkeys if k not in PANEL_HEAD and printed[k].nunique() > 1]
+        labels = [_label(v, varying) + f" / panel {i + 1}" for i, v in enumerate(values)]
     runs = dict(iter(done.groupby("_panel")))
     panels = []
-    for pid, cells in summary.groupby("_panel", sort=True):
-        values = {k: cells[k].iloc[0] for k in pkeys}
-        label = _label(values, shown)
-        cells = cells.sort_values(["smoothing", "mixup_alpha"]).reset_index(drop=True)
-        panels.append(Panel(values, label, slug(label), runs[pid], cells))
+    for (pid, cells), v, label in zip(groups, values, labels):
+        cells = one_validation(cells.sort_values(["smoothing", "mixup_alpha"])
+                               ).reset_index(drop=True)
+        panels.append(Panel(v, label, slug(label), runs[pid], cells))
     return panels
 
 

@@ -167,7 +167,8 @@ def _last_val_acc(path: Path) -> float | None:
         rows = read_metrics(path)
     except (OSError, ValueError):
         return None
-    return rows[-1].get("val_acc") if rows else None
+    last = rows[-1] if rows else None
+    return last.get("val_acc") if isinstance(last, dict) else None
 
 
 def _status_problem(run: dict[str, Any], k: float) -> dict[str, Any] | None:

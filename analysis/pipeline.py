@@ -175,7 +175,8 @@ def _write(work: Path, runs: Runs, paths: list, summary: pd.DataFrame, panels: l
     """Every file of the analysis, into the folder `work`: the findings and the CSV frames."""
     (work / "plots").mkdir(parents=True, exist_ok=True)
     write_grids(panels, grids, work)
-    written = write_figures(panels, grids, keys, work, figure_formats, runs.tabled)
+    written = write_figures(panels, grids, keys, work, figure_formats, runs.tabled) \
+        if figure_formats else []
     findings = _findings(runs, paths, panels, grids, [p for p in written if p.suffix == ".png"],
                          stats)
     frames = {RUNS_TABLE: runs.table, PROBLEMS_TABLE: runs.problems,

@@ -114,7 +114,8 @@ def _q1_pick(panel: Panel, alpha: float, cells: pd.DataFrame, metric: str
     base = base.iloc[0] if len(base) else None
     eps = math.nan if pick is None else float(pick["smoothing"])
     row = {"panel": panel.label, "mixup_alpha": alpha, "picked_smoothing": eps,
-           "sign": "n/a" if pick is None else sign(eps), "picked_on": val,
+           "sign": "n/a" if pick is None else sign(eps),
+           "picked_on": None if pick is None else val,
            "picked_val_acc": _mean(pick, val), "picked_test_acc": _mean(pick, metric),
            "picked_test_acc_at_best_val": _mean(pick, AT_BEST_VAL),
            "eps0_test_acc": _mean(base, metric),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,7 @@ def test_launcher_plan_separates_other_settings_and_runs_recurrent_models_alone(
     assert _plan(tasks, 16, stack="never") == ([[i] for i in range(10)], ["mlp"])
 
 
-def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch):
+def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch, caplog):
     from src.run import batches
     from src.sweep import plan
 
@@ -170,9 +171,12 @@ def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch):
              enumerate(CELLS)]
     timed: list[int] = []
 
-    def step_of(seconds: float):
-        def step_seconds(cfg, batch):
+    def step_of(seconds: float | Exception):
+        def step_seconds(cfg, batch, device=None, forward=True):
+            assert device == "cpu" and not forward  # the training step alone, on the CPU
             timed.append(batch)
+            if isinstance(seconds, Exception):
+                raise seconds
             return seconds, 0.0
         return step_seconds
 
@@ -184,6 +188,13 @@ def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch):
     assert _plan(tasks, 16, "cuda") == ([[0, 1, 2, 3]], [])  # a GPU: stacked, never timed
     assert len(timed) == 2
     assert _plan(tasks, 16, "cpu", "always") == ([[0, 1, 2, 3]], [])
+    # A setting with one job left has nothing to gain: never timed.
+    assert _plan(tasks[:1], 16, "cpu") == ([[0]], []) and len(timed) == 2
+    # A timing that fails stacks, as before the key, and says so.
+    monkeypatch.setattr(plan, "step_seconds", step_of(RuntimeError("no memory")))
+    with caplog.at_level(logging.WARNING):
+        assert _plan(tasks, 16, "cpu") == ([[0, 1, 2, 3]], [])
+    assert "could not time a step of mlp (RuntimeError: no memory)" in caplog.text
 
 
 def test_batch_writes_each_runs_ordinary_folder_equal_to_its_separate_run(tmp_path):

@@ -257,7 +257,7 @@ def test_the_two_stage_protocol_runs_end_to_end(tmp_path):
     assert all((tmp_path / "outputs" / "s1" / "noise.rate=0.4" / s / "best.pt").is_file()
                for s in parents)
     stage2 = run_module(["+experiment=gls_stage2", "task_name=s2", "trainer.epochs=1",
-                         "augmentation.smoothing=0.2,-1.0",
+                         "augmentation.smoothing=0.2,-1.0", "hydra.launcher.stack=always",
                          'trainer.init_from="${paths.output_dir}/s1/noise.rate=${noise.rate}'
                          '/seed=${trainer.seed}"'] + tiny, cwd=tmp_path, timeout=600)
     assert stage2.returncode == 0, stage2.stderr[-3000:]

@@ -35,3 +35,17 @@ def test_a_key_that_parts_panels_of_one_head_is_shown():
     # ones after it are judged within them).
     summary.loc[2, ["dataset", "config.dataset.mean"]] = ["mnist", "[0.1307]"]
     assert distinguishing(summary, PKEYS) == ["config.model.hidden_sizes", "config.trainer.lr"]
+
+
+def test_panels_that_would_print_alike_get_labels_of_their_own():
+    from analysis.aggregate import make_panels
+
+    keys = PKEYS + ["mixup_alpha", "smoothing"]
+    # Two learning rates that print alike (6 significant digits): shown as printed, both
+    # labels would read lr=1, and one panel's tables and figures would overwrite the other's.
+    rows = [("mnist", "mlp", "symmetric", 0.6, None, "[0.1307]", "[64]", 1.0000001),
+            ("mnist", "mlp", "symmetric", 0.6, None, "[0.1307]", "[64]", 1.0000002)]
+    summary = panels(rows).assign(mixup_alpha=0.0, smoothing=0.0, _panel=[0, 1])
+    labels = [p.label for p in make_panels(summary.copy(), summary, keys)]
+    assert labels == ["mnist / mlp / symmetric 0.6 / panel 1",
+                      "mnist / mlp / symmetric 0.6 / panel 2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -95,3 +96,20 @@ def test_a_partly_recorded_final_val_acc_never_picks_cell_by_cell():
     full = cells.assign(final_val_acc_mean=[0.70, 0.50])
     assert pick_on_validation(full, "final_test_acc")["smoothing"] == 0.0
     assert pick_on_validation(full, "test_acc_at_best_val")["smoothing"] == -0.4
+
+
+def test_a_diverged_run_counts_at_chance_on_the_last_epochs_validation_too():
+    from analysis.outcomes import diverged_value
+
+    assert diverged_value("final_val_acc", 10, 0.1) == pytest.approx(0.1)
+    assert math.isnan(diverged_value("final_val_acc", 10, 0.0))  # no split: nothing measured
+
+
+def test_a_panel_with_a_run_lacking_final_val_acc_is_picked_on_best_val_acc_throughout():
+    from analysis.aggregate import one_validation
+
+    cells = pd.DataFrame({"final_val_acc_mean": [0.7, 0.5], "final_val_acc_n": [10, 10],
+                          "best_val_acc_n": [10, 10]})
+    assert one_validation(cells)["final_val_acc_mean"].tolist() == [0.7, 0.5]
+    short = cells.assign(final_val_acc_n=[10, 9])  # one old run without it
+    assert one_validation(short)["final_val_acc_mean"].isna().all()

@@ -210,38 +210,72 @@ class BatchedLauncher(Launcher):
 def _plan(tasks: list[DictConfig], max_members: int, device: str | None = None,
           stack: str = "auto") -> tuple[list[list[int]], list[str]]:
     """The batches, as job indices (src.run.batches.plan_batches), and the models that could
-    stack but train one at a time: under `stack=auto` because stacking them is slower on
-    `device` (src.run.batches.stacking_pays; a device type, None: each job's own, resolved
-    here), under `never` all. A
+    stack but train one at a time: under `stack=never` all, under `auto` those that train
+    slower stacked on `device` (a device type; None: each job's own, resolved here), timed
+    once per setting with two or more jobs still to train (src.run.batches.stacking_pays). A
     config the key cannot be read from (it fails validation in its job) is a batch of its
     own."""
     from src.config.validate import cannot_stack
-    from src.run.batches import batch_key, plan_batches, stacking_pays
+    from src.run.batches import batch_key, plan_batches
     from src.training.device import resolve_execution
 
     keys: list[str | None] = []
     sizes: list[int] = []
-    batchable: list[bool] = []
-    unstacked: set[str] = set()
-    pays: dict[str, bool] = {}  # by batch key: timed once per setting
+    stackable: list[bool] = []
+    devices: list[str] = []
     for task in tasks:
         try:
             key, size = batch_key(task), len(task.trainer.get("parallel_seeds") or []) or 1
             # The precision a run resolves to here (amp=auto: fp16 on a GPU without bf16).
             execution = resolve_execution(task.trainer)
-            alone = cannot_stack(task.model, execution.amp) is not None
-            name = str(task.model.name)
-            if not alone and stack == "auto" and key not in pays:
-                pays[key] = stacking_pays(task, device or execution.device.type)
-            if not alone and (stack == "never" or stack == "auto" and not pays[key]):
-                alone = True
-                unstacked.add(name)
+            can = cannot_stack(task.model, execution.amp) is None
+            where = device or execution.device.type
         except Exception:  # reported by the job itself, alone
-            key, size, alone = None, 1, True
+            key, size, can, where = None, 1, False, "cpu"
         keys.append(key)
         sizes.append(size)
-        batchable.append(not alone)
-    return plan_batches(keys, sizes, max_members, batchable), sorted(unstacked)
+        stackable.append(can)
+        devices.append(where)
+    slower = set() if stack == "always" else {
+        k for k in {k for k, c in zip(keys, stackable) if c and k is not None}
+        if stack == "never" or not _stacking_pays(tasks, keys, devices, k)}
+    batchable = [c and k not in slower for k, c in zip(keys, stackable)]
+    unstacked = sorted({str(t.model.name) for t, k in zip(tasks, keys) if k in slower})
+    return plan_batches(keys, sizes, max_members, batchable), unstacked
+
+
+def _stacking_pays(tasks: list[DictConfig], keys: list[str | None], devices: list[str],
+                   key: str) -> bool:
+    """Whether the jobs of one setting (batch key) train faster stacked: nothing to time (and
+    nothing lost) when fewer than two of them are left to train; a timing that fails stacks,
+    as every launcher before `stack` did, and says so."""
+    from src.run.batches import stacking_pays
+
+    mine = [i for i, k in enumerate(keys) if k == key]
+    if len(mine) < 2 or sum(not _completed(tasks[i]) for i in mine) < 2:
+        return True
+    try:
+        return stacking_pays(tasks[mine[0]], devices[mine[0]])
+    except Exception as err:  # noqa: BLE001  (a timing is advice, never a reason to stop)
+        log.warning("could not time a step of %s (%s: %s); its runs are stacked",
+                    tasks[mine[0]].model.name, type(err).__name__, err)
+        return True
+
+
+def _completed(task: DictConfig) -> bool:
+    """Whether every run of the job already ended completed (or diverged) with this config:
+    then it trains nothing (a batch of such jobs needs no SLURM job). Anything unclear (a bad
+    config, a folder of another run) is left to the job, which reports it."""
+    from src.config.validate import validate
+    from src.run.preflight import completed_results, member_configs
+
+    if not task.skip_completed:
+        return False
+    try:
+        validate(task)
+        return all(completed_results(m) is not None for m in member_configs(task))
+    except Exception:
+        return False
 
 
 def _log_to_folders(jobs: list[ComposedJob]) -> list[logging.Handler]:

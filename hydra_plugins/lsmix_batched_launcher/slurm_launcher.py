@@ -32,7 +32,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from hydra_plugins.lsmix_batched_launcher.batched_launcher import (
     ENTRY,
@@ -40,6 +40,7 @@ from hydra_plugins.lsmix_batched_launcher.batched_launcher import (
     BatchedLauncher,
     ComposedJob,
     _app_module,
+    _completed,
 )
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,13 @@ class BatchedSlurmLauncher(BatchedLauncher):
                        else v for k, v in params.items()}
 
     def _job_device(self) -> str:
-        """The jobs train where SLURM puts them: on a GPU when they ask for one."""
-        gres = str(self.params.get("gres") or "")
-        return "cuda" if self.params.get("gpus_per_node") or self.params.get("gpus_per_task") \
-            or "gpu" in gres else "cpu"
+        """The jobs train where SLURM puts them: on a GPU when they ask for one (submitit's
+        gpus_per_node / gpus_per_task, or a gres or gpus in additional_parameters)."""
+        extra = self.params.get("additional_parameters") or {}
+        gres = f"{self.params.get('gres') or ''} {extra.get('gres') or ''}"
+        asked = (self.params.get("gpus_per_node"), self.params.get("gpus_per_task"),
+                 extra.get("gpus"), extra.get("gpus_per_node"), extra.get("gpus_per_task"))
+        return "cuda" if any(asked) or "gpu" in gres else "cpu"
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
@@ -154,18 +158,3 @@ class BatchedSlurmLauncher(BatchedLauncher):
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
-
-def _completed(task: DictConfig) -> bool:
-    """Whether every run of the job already ended completed (or diverged) with this config:
-    then its batch needs no SLURM job. Anything unclear (a bad config, a folder of another
-    run) is left to the job, which reports it."""
-    from src.config.validate import validate
-    from src.run.preflight import completed_results, member_configs
-
-    if not task.skip_completed:
-        return False
-    try:
-        validate(task)
-        return all(completed_results(m) is not None for m in member_configs(task))
-    except Exception:
-        return False

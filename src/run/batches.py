@@ -106,7 +106,8 @@ def stacking_pays(cfg: DictConfig, device_type: str) -> bool:
         return True
     from src.sweep.plan import step_seconds
 
-    return step_seconds(cfg, int(cfg.trainer.batch_size))[0] < CPU_STACK_MAX_STEP_S
+    step, _ = step_seconds(cfg, int(cfg.trainer.batch_size), "cpu", forward=False)
+    return step < CPU_STACK_MAX_STEP_S
 
 
 def check_stack(stack: Any) -> None:

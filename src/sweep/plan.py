@@ -102,15 +102,16 @@ def _fastest(fn: Any, device: torch.device, budget_s: float = 3.0) -> float:
     return min(times)
 
 
-def step_seconds(cfg: DictConfig, batch: int) -> tuple[float, float]:
+def step_seconds(cfg: DictConfig, batch: int, device: str | None = None,
+                 forward: bool = True) -> tuple[float, float]:
     """The time of a training step (forward, backward, SGD update) of the run's model at its
     batch size, and of an evaluated image (forwards of up to 256 images), on random images of
     its dataset's shape, eager and in fp32 (compiled or bf16 runs are faster), on the GPU when
     there is one."""
     from src.models import build_model
 
-    device = torch.device("cuda" if torch.cuda.is_available() and
-                          str(cfg.trainer.device) != "cpu" else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and
+                                     str(cfg.trainer.device) != "cpu" else "cpu"))
     shape = tuple(int(v) for v in cfg.dataset.image_shape)
     k = int(cfg.dataset.num_classes)
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True), shape, k).to(device)
@@ -126,11 +127,12 @@ def step_seconds(cfg: DictConfig, batch: int) -> tuple[float, float]:
     eval_batch = min(int(cfg.trainer.eval_batch_size), 256)
     x_eval = torch.randn(eval_batch, *shape, device=device)
 
-    def forward() -> None:
+    def forward_pass() -> None:
         with torch.no_grad():
             model(x_eval)
 
-    return _fastest(step, device), _fastest(forward, device) / eval_batch
+    return _fastest(step, device), \
+        _fastest(forward_pass, device) / eval_batch if forward else math.nan
 
 
 def split_sizes(ds: DictConfig) -> tuple[int, int]:
