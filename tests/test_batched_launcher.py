@@ -163,7 +163,7 @@ def test_launcher_plan_separates_other_settings_and_runs_recurrent_models_alone(
     assert _plan(tasks, 16, stack="never") == ([[i] for i in range(10)], ["mlp"])
 
 
-def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch, caplog):
+def test_auto_stacks_only_while_a_step_is_short(monkeypatch, caplog):
     from src.run import batches
     from src.sweep import plan
 
@@ -180,12 +180,14 @@ def test_auto_stacks_on_a_cpu_only_while_a_step_is_short(monkeypatch, caplog):
             return seconds, 0.0
         return step_seconds
 
-    monkeypatch.setattr(plan, "step_seconds", step_of(batches.CPU_STACK_MAX_STEP_S / 2))
+    monkeypatch.setattr(plan, "step_seconds", step_of(batches.STACK_MAX_STEP_S / 2))
     assert _plan(tasks, 16, "cpu") == ([[0, 1, 2, 3]], [])
     assert len(timed) == 1  # once per setting, not per job
-    monkeypatch.setattr(plan, "step_seconds", step_of(batches.CPU_STACK_MAX_STEP_S * 2))
+    monkeypatch.setattr(plan, "step_seconds", step_of(batches.STACK_MAX_STEP_S * 2))
     assert _plan(tasks, 16, "cpu") == ([[0], [1], [2], [3]], ["mlp"])
-    assert _plan(tasks, 16, "cuda") == ([[0, 1, 2, 3]], [])  # a GPU: stacked, never timed
+    # A GPU this process cannot see (a SLURM job's): stacked, as before, never timed.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _plan(tasks, 16, "cuda") == ([[0, 1, 2, 3]], [])
     assert len(timed) == 2
     assert _plan(tasks, 16, "cpu", "always") == ([[0, 1, 2, 3]], [])
     # A setting with one job left has nothing to gain: never timed.

@@ -20,9 +20,8 @@ class BatchedLauncherConf:
     # At most this many runs train together as one batched model (more make larger batches:
     # faster per run for small models, until memory or the device is full).
     max_members: int = 16
-    # auto: stack the runs where stacking is faster (src.run.batches.stacking_pays: on a GPU,
-    # and on a CPU while a step is short); always: every run that can be stacked; never: one
-    # run at a time.
+    # auto: stack the runs where stacking is faster (src.run.batches.stacking_pays: while one
+    # run's step is short); always: every run that can be stacked; never: one run at a time.
     stack: str = "auto"
 
 

@@ -89,34 +89,39 @@ def check_max_members(max_members: Any) -> None:
 
 
 STACK_CHOICES = ("auto", "always", "never")
-# Under `stack=auto` on a CPU, runs stack while one run's training step is shorter than this.
-# Stacking shares what a step costs besides arithmetic (Python, dispatch, the optimiser's loop
-# over tensors); a longer step is arithmetic the cores already run at full speed, and vmap's
-# grouped convolutions run it slower. Measured on 2 cores: cnn_small on the digits (1.6 ms a
-# step) trains its 64-run quickstart in 50 s stacked against 78 s one at a time; on
-# Fashion-MNIST (18 ms a step) 8 runs take 35 s stacked against 24 s.
-CPU_STACK_MAX_STEP_S = 0.005
+# Under `stack=auto`, runs stack while one run's training step is shorter than this. Stacking
+# shares what a step costs besides arithmetic (Python, dispatch, kernel launches, the
+# optimiser's loop over tensors); a longer step is arithmetic the device already runs at full
+# speed, and vmap's grouped convolutions run it slower. Measured on 2 CPU cores: cnn_small on
+# the digits (1.6 ms a step) trains its 64-run quickstart in 50 s stacked against 78 s one at
+# a time; on Fashion-MNIST (18 ms a step) 8 runs take 35 s stacked against 24 s. On an H100,
+# 4 stacked PreAct ResNet-18 seeds (eager, about 14 ms a step) ran at 0.47x of separate runs
+# (docs/performance.md); a GPU's launch-bound small models are what stacking is for.
+STACK_MAX_STEP_S = 0.005
 
 
 def stacking_pays(cfg: DictConfig, device_type: str) -> bool:
     """Whether runs of `cfg`'s setting train faster stacked than one at a time on a
-    `device_type` device: always on a GPU (one small run leaves it mostly idle), on a CPU
-    while a step is short (CPU_STACK_MAX_STEP_S, timed here on random images)."""
-    if device_type != "cpu":
-        return True
+    `device_type` device: while one step (eager, fp32, on random images, timed here) takes
+    less than STACK_MAX_STEP_S. A GPU this process cannot see (a SLURM job's, planned on a
+    login node) cannot be timed: its runs stack, as they did before `stack` existed."""
+    import torch
+
     from src.sweep.plan import step_seconds
 
-    step, _ = step_seconds(cfg, int(cfg.trainer.batch_size), "cpu", forward=False)
-    return step < CPU_STACK_MAX_STEP_S
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return True
+    step, _ = step_seconds(cfg, int(cfg.trainer.batch_size), device_type, forward=False)
+    return step < STACK_MAX_STEP_S
 
 
 def check_stack(stack: Any) -> None:
     """The launcher's `stack`: auto, always or never."""
     if stack not in STACK_CHOICES:
         raise ConfigError("hydra.launcher.stack", stack, " | ".join(STACK_CHOICES) + " (auto: "
-                          "stack runs where that is faster: on a GPU, and on a CPU while a "
-                          "step is short; always: every run that can be stacked; never: one "
-                          "run at a time)")
+                          "stack runs while one run's step is short, where stacking is "
+                          "faster; always: every run that can be stacked; never: one run at "
+                          "a time)")
 
 
 def plan_batches(keys: Sequence[str | None], sizes: Sequence[int], max_members: int,
