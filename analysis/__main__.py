@@ -42,11 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--delta-pp", type=float, default=1.0,
                     help="smallest effect that matters, in percentage points: 'no detectable "
                     "difference' needs the whole CI inside +-delta (default 1)")
-    ap.add_argument("--metric", choices=("final_test_acc", "test_acc_last_k"),
+    ap.add_argument("--metric", choices=("final_test_acc", "test_acc_last_k",
+                                         "test_acc_at_best_val"),
                     default="final_test_acc",
                     help="the test metric the claims compare: the last epoch's accuracy "
-                    "(default), or the mean of the last trainer.last_k epochs (as Co-teaching "
-                    "and JoCoR report)")
+                    "(default), the mean of the last trainer.last_k epochs (as Co-teaching "
+                    "and JoCoR report), or the accuracy at the epoch of best noisy validation "
+                    "accuracy (early stopping on the noisy validation split)")
     ap.add_argument("--min-pairs", type=int, default=5,
                     help="fewest paired runs for a verdict other than undecided (default 5)")
     ap.add_argument("--figures", choices=("png,pdf", "pdf,png", "png", "pdf", "none"),

@@ -113,3 +113,17 @@ def test_a_panel_with_a_run_lacking_final_val_acc_is_picked_on_best_val_acc_thro
     assert one_validation(cells)["final_val_acc_mean"].tolist() == [0.7, 0.5]
     short = cells.assign(final_val_acc_n=[10, 9])  # one old run without it
     assert one_validation(short)["final_val_acc_mean"].isna().all()
+
+
+def test_the_early_stopped_accuracy_can_be_the_compared_metric(tmp_path):
+    from analysis.__main__ import main
+
+    study = tmp_path / "study"
+    write_study(study, record_final=True, log_val=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(study), "--out", str(tmp_path / "a"), "--figures", "none", "--quiet",
+                     "--metric", "test_acc_at_best_val"]) == 0
+    findings = pd.read_csv(tmp_path / "a" / "findings.csv")
+    assert set(findings["metric"]) == {"test_acc_at_best_val"}
+    (row,) = pd.read_csv(tmp_path / "a" / "best_eps.csv").to_dict("records")
+    assert row["picked_on"] == "best_val_acc" and row["picked_smoothing"] == -0.4
