@@ -252,7 +252,8 @@ def _stacking_pays(tasks: list[DictConfig], keys: list[str | None], devices: lis
     from src.run.batches import stacking_pays
 
     mine = [i for i, k in enumerate(keys) if k == key]
-    if len(mine) < 2 or sum(not _completed(tasks[i]) for i in mine) < 2:
+    left = (i for i in mine if not _completed(tasks[i]))  # read until two are found
+    if next(left, None) is None or next(left, None) is None:
         return True
     try:
         return stacking_pays(tasks[mine[0]], devices[mine[0]])
