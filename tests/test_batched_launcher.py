@@ -165,7 +165,7 @@ def test_launcher_plan_separates_other_settings_and_runs_recurrent_models_alone(
 
 def test_auto_stacks_only_while_a_step_is_short(monkeypatch, caplog):
     from src.run import batches
-    from src.sweep import plan
+    from src.training import step_time as plan
 
     tasks = [make_cfg(cell(a, e, s), run_dir=Path(f"/o/{i}")) for i, (a, e, s) in
              enumerate(CELLS)]

@@ -107,7 +107,7 @@ def stacking_pays(cfg: DictConfig, device_type: str) -> bool:
     login node) cannot be timed: its runs stack, as they did before `stack` existed."""
     import torch
 
-    from src.sweep.plan import step_seconds
+    from src.training.step_time import step_seconds
 
     if device_type == "cuda" and not torch.cuda.is_available():
         return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,10 +33,11 @@ import torch
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.config import SEED_FOLDER_KEY
 from src.sweep.compose import setting_key
+from src.training.step_time import step_seconds
 
 FINAL = ("completed", "diverged")  # what a sweep skips (src.run.preflight.completed_results)
 # One run's start-up in a sweep process (compose, records, model, first evaluation), measured
@@ -82,57 +82,6 @@ def finished(folder: Path) -> bool:
         return json.loads((folder / "results.json").read_text()).get("status") in FINAL
     except (OSError, ValueError):
         return False
-
-
-def _fastest(fn: Any, device: torch.device, budget_s: float = 3.0) -> float:
-    """The fastest of a few timed calls of `fn` after one untimed (allocator warm-up): at most
-    10, and no more once `budget_s` is spent (a large model on a CPU takes seconds a step). The
-    fastest is what the machine does undisturbed: another process only ever slows a call."""
-    def timed() -> float:
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    timed()
-    times: list[float] = []
-    while len(times) < 10 and (len(times) < 2 or sum(times) < budget_s):
-        times.append(timed())
-    return min(times)
-
-
-def step_seconds(cfg: DictConfig, batch: int, device: str | None = None,
-                 forward: bool = True) -> tuple[float, float]:
-    """The time of a training step (forward, backward, SGD update) of the run's model at its
-    batch size, and of an evaluated image (forwards of up to 256 images), on random images of
-    its dataset's shape, eager and in fp32 (compiled or bf16 runs are faster), on the GPU when
-    there is one."""
-    from src.models import build_model
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() and
-                                     str(cfg.trainer.device) != "cpu" else "cpu"))
-    shape = tuple(int(v) for v in cfg.dataset.image_shape)
-    k = int(cfg.dataset.num_classes)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), shape, k).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, *shape, device=device)
-    y = torch.randint(0, k, (batch,), device=device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    eval_batch = min(int(cfg.trainer.eval_batch_size), 256)
-    x_eval = torch.randn(eval_batch, *shape, device=device)
-
-    def forward_pass() -> None:
-        with torch.no_grad():
-            model(x_eval)
-
-    return _fastest(step, device), \
-        _fastest(forward_pass, device) / eval_batch if forward else math.nan
 
 
 def split_sizes(ds: DictConfig) -> tuple[int, int]:

@@ -1,0 +1,63 @@
+"""How long a model's training step and evaluation forward take on a device, timed on random
+images: what a study's plan estimates its time from (src.sweep.plan) and what the batched
+launcher decides stacking by (src.run.batches.stacking_pays)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+def _fastest(fn: Any, device: torch.device, budget_s: float = 3.0) -> float:
+    """The fastest of a few timed calls of `fn` after one untimed (allocator warm-up): at most
+    10, and no more once `budget_s` is spent (a large model on a CPU takes seconds a step). The
+    fastest is what the machine does undisturbed: another process only ever slows a call."""
+    def timed() -> float:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    timed()
+    times: list[float] = []
+    while len(times) < 10 and (len(times) < 2 or sum(times) < budget_s):
+        times.append(timed())
+    return min(times)
+
+
+def step_seconds(cfg: DictConfig, batch: int, device: str | None = None,
+                 forward: bool = True) -> tuple[float, float]:
+    """The time of a training step (forward, backward, SGD update) of the run's model at its
+    batch size, and of an evaluated image (forwards of up to 256 images), on random images of
+    its dataset's shape, eager and in fp32 (compiled or bf16 runs are faster), on the GPU when
+    there is one."""
+    from src.models import build_model
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and
+                                     str(cfg.trainer.device) != "cpu" else "cpu"))
+    shape = tuple(int(v) for v in cfg.dataset.image_shape)
+    k = int(cfg.dataset.num_classes)
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), shape, k).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, k, (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    eval_batch = min(int(cfg.trainer.eval_batch_size), 256)
+    x_eval = torch.randn(eval_batch, *shape, device=device)
+
+    def forward_pass() -> None:
+        with torch.no_grad():
+            model(x_eval)
+
+    return _fastest(step, device), \
+        _fastest(forward_pass, device) / eval_batch if forward else math.nan
