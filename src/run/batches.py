@@ -93,8 +93,9 @@ STACK_CHOICES = ("auto", "always", "never")
 # shares what a step costs besides arithmetic (Python, dispatch, kernel launches, the
 # optimiser's loop over tensors); a longer step is arithmetic the device already runs at full
 # speed, and vmap's grouped convolutions run it slower. Measured on 2 CPU cores: cnn_small on
-# the digits (1.6 ms a step) trains its 64-run quickstart in 50 s stacked against 78 s one at
-# a time; on Fashion-MNIST (18 ms a step) 8 runs take 35 s stacked against 24 s. On an H100,
+# the digits (1.6 ms a step) runs its 64-run quickstart in 64 s stacked against 78 s one at
+# a time (launch to end, analysis included); on Fashion-MNIST (18 ms a step) 8 runs take 35 s
+# stacked against 24 s. On an H100,
 # 4 stacked PreAct ResNet-18 seeds (eager, about 14 ms a step) ran at 0.47x of separate runs
 # (docs/performance.md); a GPU's launch-bound small models are what stacking is for.
 STACK_MAX_STEP_S = 0.005
