@@ -236,22 +236,27 @@ def _plan(tasks: list[DictConfig], max_members: int, device: str | None = None,
         sizes.append(size)
         stackable.append(can)
         devices.append(where)
-    slower = set() if stack == "always" else {
-        k for k in {k for k, c in zip(keys, stackable) if c and k is not None}
-        if stack == "never" or not _stacking_pays(tasks, keys, devices, k)}
+    jobs_of: dict[str, list[int]] = {}  # each setting's stackable jobs, in order
+    for i, (k, c) in enumerate(zip(keys, stackable)):
+        if c and k is not None:
+            jobs_of.setdefault(k, []).append(i)
+    if stack == "always":
+        slower: set[str | None] = set()
+    elif stack == "never":
+        slower = set(jobs_of)
+    else:
+        slower = {k for k, mine in jobs_of.items() if not _stacking_pays(tasks, mine, devices)}
     batchable = [c and k not in slower for k, c in zip(keys, stackable)]
     unstacked = sorted({str(t.model.name) for t, k in zip(tasks, keys) if k in slower})
     return plan_batches(keys, sizes, max_members, batchable), unstacked
 
 
-def _stacking_pays(tasks: list[DictConfig], keys: list[str | None], devices: list[str],
-                   key: str) -> bool:
-    """Whether the jobs of one setting (batch key) train faster stacked: nothing to time (and
-    nothing lost) when fewer than two of them are left to train; a timing that fails stacks,
-    as every launcher before `stack` did, and says so."""
+def _stacking_pays(tasks: list[DictConfig], mine: list[int], devices: list[str]) -> bool:
+    """Whether the jobs `mine` of one setting (batch key) train faster stacked: nothing to
+    time (and nothing lost) when fewer than two of them are left to train; a timing that
+    fails stacks, as every launcher before `stack` did, and says so."""
     from src.run.batches import stacking_pays
 
-    mine = [i for i, k in enumerate(keys) if k == key]
     left = (i for i in mine if not _completed(tasks[i]))  # read until two are found
     if next(left, None) is None or next(left, None) is None:
         return True

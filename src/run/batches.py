@@ -95,9 +95,9 @@ STACK_CHOICES = ("auto", "always", "never")
 # speed, and vmap's grouped convolutions run it slower. Measured on 2 CPU cores: cnn_small on
 # the digits (1.6 ms a step) runs its 64-run quickstart in 64 s stacked against 78 s one at
 # a time (launch to end, analysis included); on Fashion-MNIST (18 ms a step) 8 runs take 35 s
-# stacked against 24 s. On an H100,
-# 4 stacked PreAct ResNet-18 seeds (eager, about 14 ms a step) ran at 0.47x of separate runs
-# (docs/performance.md); a GPU's launch-bound small models are what stacking is for.
+# stacked against 24 s. On an H100, 4 stacked PreAct ResNet-18 seeds (eager, about 14 ms a
+# step) ran at 0.47x of separate runs (docs/performance.md); a GPU's launch-bound small models
+# are what stacking is for.
 STACK_MAX_STEP_S = 0.005
 
 
