@@ -773,8 +773,13 @@ def test_eps_axis_uniform_mass_and_conventions_never_mixed(tmp_path, capsys):
         analyse([tmp_path / "study"], tmp_path / "out2", eps_axis="mass")
 
 
-def test_figures_option_writes_only_the_formats_asked_for(planted, tmp_path):
+def test_figures_option_writes_only_the_formats_asked_for(planted, tmp_path, capsys):
     study = planted[0]
+    with pytest.raises(SystemExit) as err:  # refused before anything is written
+        main([str(study), "--out", str(tmp_path / "jpg"), "--figures", "jpg"])
+    assert err.value.code == 2 and not (tmp_path / "jpg").exists()
+    message = capsys.readouterr().err
+    assert "--figures" in message and "'jpg'" in message and "png,pdf" in message
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([str(study), "--out", str(tmp_path / "png"), "--figures", "png",
                      "--quiet"]) == 0
