@@ -15,6 +15,7 @@ from src.data.crop_flip import augment
 from src.training import device as device_mod
 from src.training import model_cache
 from src.training.device import Execution, pick_gpu, resolve_device, resolve_execution
+from src.training.model_cache import fresh_model
 from src.training.trainer import SingleTrainer, StackedTrainer, guard_batch_norm, stacked_augment
 from tests.conftest import CountingBackend
 from tests.test_fastpath import TRAINER, assert_close, tiny_data
@@ -95,17 +96,40 @@ def test_stacked_members_compile_in_the_named_mode(monkeypatch, setting, device,
 
 
 def test_stacked_evaluation_shares_the_eval_batch_among_members():
+    """The vmapped evaluation (compiled, or on a GPU) shares eval_batch_size among members."""
     data = tiny_data()
     tr = StackedTrainer(CNN, (3, 8, 8), data, {**TRAINER, "eval_batch_size": 24}, AUG, CPU,
                         SEEDS)
     whole = StackedTrainer(CNN, (3, 8, 8), data, {**TRAINER, "eval_batch_size": 4096}, AUG,
                            CPU, SEEDS)
+    tr.member_by_member = whole.member_by_member = False  # as compiled or on a GPU
     sizes = []
     eval_call = tr.calls.eval
     tr.calls.eval = lambda p, b, x: (sizes.append(len(x)), eval_call(p, b, x))[1]
     got = tr.predict(data.test.x)
     assert sizes == [8] * 5  # 24 images per forward in all: 8 for each of the 3 members
     torch.testing.assert_close(got, whole.predict(data.test.x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", [CNN, {"name": "mlp", "hidden_sizes": [16], "dropout": 0.0}])
+def test_stacked_members_evaluate_on_a_cpu_as_their_separate_runs_bit_for_bit(model):
+    """Eager on a CPU each member evaluates alone, eval_batch_size images per forward: its
+    logits are exactly those of its own model with its weights (SingleTrainer.predict)."""
+    data = tiny_data()
+    cfg = {**TRAINER, "eval_batch_size": 16}
+    tr = StackedTrainer(model, (3, 8, 8), data, cfg, AUG, CPU, SEEDS)
+    assert tr.member_by_member
+    tr.train_epoch()  # BatchNorm's running statistics move off their initial values
+    sizes = []
+    hook = tr.base.register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    got = tr.predict(data.test.x)
+    hook.remove()
+    assert sizes == [16, 16, 8] * len(SEEDS)  # 40 images, as a separate run cuts them
+    for k, seed in enumerate(SEEDS):
+        single = SingleTrainer(fresh_model(model, (3, 8, 8), data.num_classes, CPU, seed),
+                               data, cfg, AUG, CPU, seed)
+        single.model.load_state_dict(tr.member_state_dict(k))
+        assert torch.equal(got[k], single.predict(data.test.x)[0])
 
 
 class TwoBN(nn.Module):
