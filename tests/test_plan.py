@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from src.sweep.compose import setting_key
 from src.sweep.plan import Estimate, duration
@@ -83,3 +84,28 @@ def test_a_study_prints_its_plan_before_it_trains():
     assert make_cfg(["+experiment=quickstart"]).plan == "before"
     assert make_cfg(["+experiment=quickstart", "plan=true"]).plan is True
     assert make_cfg([]).plan is False
+
+
+def test_a_models_step_is_timed_once_per_process(monkeypatch):
+    """The plan's estimate and the launcher's stacking rule ask for the same step (and a
+    study's settings share it): timed once, re-timed for another model, batch or device."""
+    from omegaconf import OmegaConf
+
+    from src.training import step_time
+
+    calls = []
+    monkeypatch.setattr(step_time, "_TIMED", {})
+    monkeypatch.setattr(step_time, "_timed", lambda *a: calls.append(a) or (
+        0.01, 0.001 if a[-1] else math.nan))  # a[-1]: whether the forward is timed
+    cfg = OmegaConf.create({"model": {"name": "mlp", "hidden_sizes": [8]},
+                            "dataset": {"image_shape": [1, 8, 8], "num_classes": 10},
+                            "trainer": {"device": "cpu", "eval_batch_size": 64},
+                            "noise": {"rate": 0.4}})
+    assert step_time.step_seconds(cfg, 32, "cpu", forward=False)[0] == 0.01
+    assert step_time.step_seconds(cfg, 32, "cpu") == (0.01, 0.001)  # now with the forward
+    other_noise = OmegaConf.merge(cfg, {"noise": {"rate": 0.0}})
+    assert step_time.step_seconds(other_noise, 32, "cpu") == (0.01, 0.001)
+    assert len(calls) == 2
+    step_time.step_seconds(cfg, 64, "cpu")
+    step_time.step_seconds(OmegaConf.merge(cfg, {"model": {"hidden_sizes": [16]}}), 32, "cpu")
+    assert len(calls) == 4
