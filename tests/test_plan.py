@@ -33,8 +33,18 @@ def test_a_plan_counts_the_runs_a_sweep_would_skip(tmp_path):
     plan = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true"], tmp_path)
     assert "finished already: 4 of 8" in plan.stdout, plan.stdout
     assert "to run: 4" in plan.stdout
+    assert "another configuration" not in plan.stdout
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert before == sorted(p.relative_to(out) for p in out.rglob("*"))  # nothing new
+    # A folder holding a finished run of another configuration is not one the sweep skips:
+    # it refuses it (src.run.preflight.completed_results), and the plan says so.
+    results = sorted(out.rglob("results.json"))[0]
+    record = json.loads(results.read_text())
+    results.write_text(json.dumps({**record, "config_fingerprint": "0" * 16}))
+    plan = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true"], tmp_path)
+    assert "finished already: 3 of 8" in plan.stdout, plan.stdout
+    assert "held by a finished run of another configuration: 1 of 8" in plan.stdout
+    assert "to run: 4" in plan.stdout
 
 
 def test_a_single_run_plan_leaves_no_folder(tmp_path):
@@ -59,6 +69,20 @@ def test_the_estimate_adds_training_evaluation_and_start_up():
 
     assert abs(c.run_s - (STARTUP_S + 4 * 10 * 0.01 + 2 * 1000 * 1e-5)) < 1e-12
     assert duration(3725) == "1:02:05"
+
+
+def test_a_key_given_again_on_the_command_line_replaces_the_studys_axis():
+    """A study's hydra.sweeper.params come first, the command line after: as Hydra's sweeper,
+    the plan's grid takes a key's last value (`noise.rate=0.4` sweeps no noise rate)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.sweep.plan import axes
+
+    parsed = OverridesParser.create().parse_overrides(
+        ["noise.rate=0,0.4", "trainer.seed=0,1", "noise.rate=0.4", "model=mlp,cnn"])
+    assert axes(parsed) == [("trainer.seed", ["0", "1"]), ("model", ["mlp", "cnn"])]
+    parsed = OverridesParser.create().parse_overrides(["noise.rate=0", "noise.rate=0.2,0.8"])
+    assert axes(parsed) == [("noise.rate", ["0.2", "0.8"])]
 
 
 def test_jobs_that_differ_in_replicates_and_batchable_keys_cost_alike():

@@ -5,8 +5,9 @@ A study prints the same plan before it trains (`plan: before` in conf/study/defa
     python -m src.train -m model=mlp,cnn augmentation.smoothing=0,0.1 plan=true
 
 It prints the grid (each swept key and its values), the number of runs, how many of them are
-already finished in their folders (a results.json that says completed or diverged: the sweep
-skips those), and an estimate of the time the rest would take.
+already finished in their folders (a results.json that says completed or diverged, of the
+job's own configuration: the sweep skips those; a finished run of another configuration is
+counted apart, as the sweep refuses its folder), and an estimate of the time the rest would take.
 
 The estimate is measured, not guessed: for each distinct setting of everything but the
 replicate and batchable keys (src.config), one job is composed, its model takes a few training
@@ -36,7 +37,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig
 
 from src.config import SEED_FOLDER_KEY
-from src.sweep.compose import setting_key
+from src.sweep.compose import JobComposer, setting_key
 from src.training.step_time import step_seconds
 
 FINAL = ("completed", "diverged")  # what a sweep skips (src.run.preflight.completed_results)
@@ -63,9 +64,12 @@ class Estimate:
 
 
 def axes(overrides: Sequence[Override]) -> list[tuple[str, list[str]]]:
-    """The swept keys of a sweep and their values, in the order given."""
-    return [(o.get_key_element(), [str(v) for v in o.sweep_string_iterator()])
-            for o in overrides if o.is_sweep_override()]
+    """The swept keys of a sweep and their values, in the order given. A key given again (on
+    the command line, after a study's hydra.sweeper.params) takes its last value, as Hydra's
+    sweeper takes it: `+experiment=answer noise.rate=0.4` sweeps no noise rate."""
+    last = {o.get_key_element(): o for o in overrides}
+    return [(key, [str(v) for v in o.sweep_string_iterator()])
+            for key, o in last.items() if o.is_sweep_override()]
 
 
 def job_folder(cfg: DictConfig, parsed: list[Override], seed: Any) -> Path:
@@ -76,12 +80,13 @@ def job_folder(cfg: DictConfig, parsed: list[Override], seed: Any) -> Path:
     return Path(str(cfg.hydra.sweep.dir)) / dirname / f"seed={seed}"
 
 
-def finished(folder: Path) -> bool:
-    """Does the folder hold a run the sweep would skip?"""
+def finished(folder: Path) -> dict[str, Any] | None:
+    """The results of a run in the folder that ended (completed or diverged); None if none."""
     try:
-        return json.loads((folder / "results.json").read_text()).get("status") in FINAL
+        done = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return done if isinstance(done, dict) and done.get("status") in FINAL else None
 
 
 def split_sizes(ds: DictConfig) -> tuple[int, int]:
@@ -134,23 +139,27 @@ def duration(seconds: float) -> str:
 def describe(loader: Any, master: DictConfig, params: Sequence[Override],
              jobs: Sequence[Sequence[str]], then_train: bool = False) -> str:
     """The plan of a sweep: its grid, its runs, the finished ones and the time left."""
+    from src.run.identity import fingerprint
+
     parser = OverridesParser.create()
+    compose = JobComposer(loader, master)  # one Hydra composition per setting
     composed: dict[tuple[str, ...], DictConfig] = {}
     costs: dict[tuple[str, ...], Estimate] = {}
     left: Counter[tuple[str, ...]] = Counter()
-    done = 0
+    done = other = 0
     for overrides in jobs:
         key = setting_key(overrides)
-        if key not in composed:
-            composed[key] = loader.load_sweep_config(master_config=master,
-                                                     sweep_overrides=list(overrides))
-        cfg = composed[key]
+        cfg = compose(overrides)
+        composed.setdefault(key, cfg)
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
         seed = values.get(SEED_FOLDER_KEY, cfg.trainer.seed)
-        if finished(job_folder(master, parser.parse_overrides(list(overrides)), seed)):
-            done += 1
-        else:
+        results = finished(job_folder(master, parser.parse_overrides(list(overrides)), seed))
+        if results is None:
             left[key] += 1
+        elif results.get("config_fingerprint") == _fingerprint(fingerprint, cfg):
+            done += 1
+        else:  # the sweep refuses such a folder (src.run.preflight.completed_results)
+            other += 1
     for key in left:
         costs[key] = estimate(composed[key])
     total = sum(costs[k].run_s * n for k, n in left.items())
@@ -158,6 +167,10 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
              f"{master.hydra.sweep.dir}", "grid:"]
     lines += [f"  {key}: {', '.join(values)} ({len(values)})" for key, values in axes(params)]
     lines.append(f"finished already: {done} of {len(jobs)} (skipped when it runs)")
+    if other:
+        lines.append(f"held by a finished run of another configuration: {other} of "
+                     f"{len(jobs)} (refused when it runs: skip_completed=false trains them "
+                     "again, or choose another sweep folder)")
     if left:
         lines.append(f"to run: {sum(left.values())}, estimated {duration(total)} one at a time "
                      f"on this machine ({torch.get_num_threads()} threads):")
@@ -171,6 +184,15 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
     lines.append("Training them now (plan=before; plan=false skips this estimate)."
                  if then_train else "Nothing was trained or written (plan=true).")
     return "\n".join(lines)
+
+
+def _fingerprint(fingerprint: Any, cfg: DictConfig) -> str | None:
+    """The job's fingerprint as its run computes it; None where it cannot be computed here
+    (the job reports why when it runs)."""
+    try:
+        return fingerprint(cfg)
+    except Exception:  # noqa: BLE001  (a plan never stops on what the job will report)
+        return None
 
 
 # plan=before (a study's default, conf/study/default.yaml): print the plan, then train.
