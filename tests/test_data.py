@@ -122,3 +122,43 @@ def test_stratified_split_holds_out_each_class():
     assert not set(tr) & set(va) and len(tr) + len(va) == 200
     assert np.array_equal(va, stratified_split(y, 0.2, seed=3)[1])
     assert not np.array_equal(va, stratified_split(y, 0.2, seed=4)[1])
+
+
+def test_digits_come_from_the_users_cache_as_scikit_learn_splits_them(tmp_path, monkeypatch):
+    """The split is kept per scikit-learn, numpy and bundled file: a later process reads the
+    same arrays without importing scikit-learn; a damaged cache file is made again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    want = data._split_digits()
+    cached = data.digits_cache_file()
+    assert cached is not None and cached.parent == tmp_path / "lsmix" and not cached.exists()
+    first = data._load_digits()
+    assert cached.is_file()
+    for got in (first, data._load_digits()):
+        for k in data.SPLITS:
+            assert np.array_equal(getattr(got, k), getattr(want, k))
+            assert getattr(got, k).dtype == getattr(want, k).dtype
+        assert got.source == want.source
+    code = ("import sys; from src.data.arrays import _load_digits; a = _load_digits(); "
+            "assert 'sklearn' not in sys.modules; print(a.x_train.shape)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, env={**__import__("os").environ,
+                                          "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(want.x_train.shape)
+    cached.write_bytes(b"not an archive")
+    again = data._load_digits()
+    assert np.array_equal(again.x_test, want.x_test)
+    with np.load(cached) as z:  # replaced by the real split
+        assert np.array_equal(z["y_train"], want.y_train)
+
+
+def test_the_digits_cache_is_keyed_by_scikit_learn_numpy_and_the_file(monkeypatch):
+    monkeypatch.setattr(np, "__version__", "0.0.0")
+    other = data.digits_cache_file()
+    monkeypatch.undo()
+    assert other is not None and other != data.digits_cache_file()
