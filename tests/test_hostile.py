@@ -312,6 +312,29 @@ def test_sweep_validation_composes_once_per_distinct_value():
     assert tried == {o for job in batch for o in job}  # every value composed at least once
 
 
+def test_sweep_validation_fills_in_replicate_and_batchable_values_without_composing():
+    """Another seed, alpha or eps of a key the first job sets composes as the first job
+    (src.sweep.compose): only the first job and the other keys' values are composed."""
+    from src.sweep.validation import validate_distinct_overrides
+
+    class Loader:
+        calls: list[list[str]] = []
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls.append(sweep_overrides)
+
+    class Sweeper:
+        hydra_context, config, config_loader = None, None, Loader()
+
+    batch = [[f"augmentation.smoothing={e}", f"noise.rate={r}", f"model={m}",
+              f"trainer.seed={s}"]
+             for e in (0, 0.1, 0.2) for r in (0, 0.4) for m in ("cnn", "mlp") for s in range(4)]
+    validate_distinct_overrides(Sweeper(), batch)
+    assert len(Loader.calls) == 3  # the first job, noise.rate=0.4, model=mlp
+    assert Loader.calls[0] == batch[0]
+    assert {o for c in Loader.calls[1:] for o in c} >= {"noise.rate=0.4", "model=mlp"}
+
+
 @pytest.mark.parametrize("args", [["trainer.lrr=0.1"], ["augmentation=nosuch"],
                                   ["-m", "trainer.lrr=0.1,0.2"]])
 def test_a_misspelt_key_or_option_exits_2_in_one_paragraph(tmp_path, args):

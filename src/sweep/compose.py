@@ -63,7 +63,7 @@ class JobComposer:
         template, base = self.templates[key]
         changed = [o for k, o in parsed.items() if base.get(k) is None
                    or base[k].input_line != o.input_line]
-        if set(parsed) != set(base) or not all(_plain_value(o) for o in changed) \
+        if set(parsed) != set(base) or not all(plain_value(o) for o in changed) \
                 or any(k.startswith("hydra.") for k in parsed):  # Hydra's own keys: its way
             return self._hydra(overrides)
         config = copy.deepcopy(template)
@@ -78,7 +78,7 @@ class JobComposer:
         return config
 
 
-def _plain_value(o: Override) -> bool:
+def plain_value(o: Override) -> bool:
     """A change of a replicate or batchable key's value (not a group, an addition or a
     deletion, not a sweep)."""
     return (o.key_or_group in VALUE_KEYS and o.type == OverrideType.CHANGE

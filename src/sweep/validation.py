@@ -26,6 +26,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.plugins.sweeper import Sweeper
 
 from src.config.entry import missing_option, refuse
+from src.sweep.compose import plain_value
 
 # Hydra's plugin scan executes its core plugins' modules again, so the basic sweeper is found
 # by name on each sweeper made, not patched on a class imported here.
@@ -42,10 +43,19 @@ def validate_distinct_overrides(self: Sweeper, batch: Sequence[Sequence[str]]) -
               if getattr(self, "hydra_context", None) is not None else self.config_loader)
     seen: set[str] = set()
     first = list(batch[0]) if batch else []
+    parser = OverridesParser.create()
+    first_keys = {o.key_or_group for o in parser.parse_overrides(first)}
     for overrides in batch:
         new = [o for o in overrides if o not in seen]
         if not new:
             continue
+        # Another value of a replicate or batchable key the first job sets composes as the
+        # first job does, the value put in (src.sweep.compose): nothing to check.
+        if seen and all(plain_value(o) and o.key_or_group in first_keys
+                        for o in parser.parse_overrides(new)):
+            seen.update(overrides)
+            continue
+        seen.update(overrides)
         # The first job's overrides with this job's new values in place of theirs.
         keys = {o.split("=", 1)[0] for o in new}
         trial = [o for o in first if o.split("=", 1)[0] not in keys] + new
@@ -55,7 +65,6 @@ def validate_distinct_overrides(self: Sweeper, batch: Sequence[Sequence[str]]) -
             refuse(missing_option(err))
         except ConfigCompositionException as err:
             refuse(err)
-        seen.update(overrides)
 
 
 def validate_then_sweep(self: Any, sweep: Callable[[list[str]], Any],
