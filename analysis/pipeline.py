@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -36,7 +45,7 @@ from analysis.tables import (
     to_markdown,
     write_grid,
 )
-from src.run.signals import SIGNALS, Stopped
+from src.run.signals import HANDLED, SIGNALS, Stopped
 
 
 def default_out(paths: Sequence[str | Path]) -> Path:
@@ -85,21 +94,66 @@ def write_figures(panels: list[Panel], grids: dict[str, list[Grid]], keys: list[
     shared colour scale and, where rates vary, accuracy against noise rate; per panel,
     training curves (without the `tabled` runs, read from a runs table: no per-epoch
     metrics). Each as PNG and PDF; returns the paths written, PNG first."""
-    folder, written = out / "plots", []
+    folder, figures = out / "plots", []
     for name, members in _families(panels, keys).items():
         for metric in TABLE_METRICS:
             items = [(p, g) for p in members for g in grids.get(p.label, [])
                      if g.metric == metric]
             if items:
-                written += plots.save(plots.heatmap(items, name),
-                                      folder / file_stem(slug(name), metric, "heatmap"), formats)
+                figures.append(FigureJob(plots.heatmap, (items, name),
+                                         folder / file_stem(slug(name), metric, "heatmap")))
         if len({p.values["noise_rate"] for p in members}) > 1:
-            written += plots.save(plots.noise_plot(name, plots.choose_per_rate(members)),
-                                  folder / file_stem(slug(name), "acc_vs_noise_rate"), formats)
+            figures.append(FigureJob(plots.noise_plot, (name, plots.choose_per_rate(members)),
+                                     folder / file_stem(slug(name), "acc_vs_noise_rate")))
     for p in panels:
-        fig = plots.training_curves(p, tabled)
-        written += plots.save(fig, folder / file_stem(p.slug, "curves"), formats) if fig else []
-    return written
+        figures.append(FigureJob(plots.training_curves, (p, tabled),
+                                 folder / file_stem(p.slug, "curves")))
+    return [path for paths in draw_all(figures, formats) for path in paths]
+
+
+@dataclass(frozen=True)
+class FigureJob:
+    """One figure to draw: the plot function, its arguments, the file name without suffix."""
+
+    plot: Callable[..., Any]
+    args: tuple
+    stem: Path
+
+    def draw(self, formats: tuple[str, ...]) -> list[Path]:
+        fig = self.plot(*self.args)
+        return plots.save(fig, self.stem, formats) if fig is not None else []
+
+
+def draw_all(figures: list[FigureJob], formats: tuple[str, ...]) -> list[list[Path]]:
+    """Each figure's files, in order. Drawing and PNG encoding are CPU-bound Python (about
+    0.3 s a figure at 200 dpi), so they are shared among the cores this process may use,
+    each figure drawn whole in a forked worker. The workers ignore the stop signals, and
+    this process notes one (src.run.signals): a SIGTERM to the job lets the figures finish
+    (a second or two), then stops the analysis as it would have after a figure of its own.
+    Where forking is not available, or a worker dies, they are drawn one after another."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count() or 1, len(figures) // 2, MAX_FIGURE_WORKERS)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        try:
+            # A signal meanwhile is noted, not raised inside the pool's own machinery.
+            with SIGNALS.deferred(), ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("fork"),
+                    initializer=_ignore_stop_signals) as pool:
+                drawn = list(pool.map(functools.partial(FigureJob.draw, formats=formats),
+                                      figures))
+            SIGNALS.raise_if_requested()
+            return drawn
+        except (OSError, BrokenProcessPool, pickle.PicklingError) as err:
+            print(f"figures drawn one after another ({type(err).__name__}: {err})")
+    return [f.draw(formats) for f in figures]
+
+
+def _ignore_stop_signals() -> None:
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+MAX_FIGURE_WORKERS = 4
 
 
 def _print_problems(runs: Runs, quiet: bool) -> None:

@@ -615,16 +615,17 @@ def test_a_new_analysis_replaces_the_earlier_one_whole_and_nothing_else(tmp_path
         assert _snapshot(folder) == before
 
 
-# The analysis CLI with a signal sent to itself once its first figure is written: the handler
-# main installs raises while the new analysis is half written, at the same point every run.
+# The analysis CLI with a signal sent to it once its first figure is written (by it, or by a
+# worker drawing figures for it): the handler main installs raises while the new analysis is
+# half written.
 SIGNAL_AFTER_THE_FIRST_FIGURE = """
 import os, signal, sys
 from analysis import plots
 from analysis.__main__ import main
-save = plots.save
+save, command = plots.save, os.getpid()
 def save_then_signal(*args, **kwargs):
     written = save(*args, **kwargs)
-    os.kill(os.getpid(), getattr(signal, os.environ["SEND"]))
+    os.kill(command, getattr(signal, os.environ["SEND"]))
     return written
 plots.save = save_then_signal
 sys.exit(main(sys.argv[1:]))
@@ -698,11 +699,11 @@ def test_the_study_callback_stopped_while_writing_keeps_the_earlier_analysis(tmp
     _small_study(sweep)
     analyse([sweep], quiet=True, figure_formats=("png",))
     before = _snapshot(sweep / "analysis")
-    save = plots.save
+    save, main = plots.save, os.getpid()
 
     def save_then_signal(*args, **kwargs):
         written = save(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(main, signal.SIGTERM)  # the analysing process (figures may be drawn apart)
         return written
 
     monkeypatch.setattr(plots, "save", save_then_signal)

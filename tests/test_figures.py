@@ -367,3 +367,39 @@ def test_heatmap_rows_on_the_uniform_mass_axis(tmp_path):
     (ax,) = grid_axes(fig)
     assert ax.get_ylabel() == "uniform smoothing mass m"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["-1", "0", "0.1", "0.2"]
+
+
+def test_figures_drawn_by_several_workers_are_the_ones_drawn_alone(tmp_path, monkeypatch):
+    """The cores share the figures (forked workers); the files are byte for byte the ones
+    drawn one after another, in the same order, and where forking fails the figures are
+    drawn here."""
+    root = write_study(tmp_path / "runs")
+    pools = []
+
+    class Pool(pipeline.ProcessPoolExecutor):
+        def __init__(self, workers, **kwargs):
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    analyse([root], tmp_path / "shared", quiet=True, figure_formats=("png",))
+    assert pools == [2]  # drawn by two workers
+    monkeypatch.setattr(pipeline, "MAX_FIGURE_WORKERS", 1)
+    analyse([root], tmp_path / "alone", quiet=True, figure_formats=("png",))
+    assert pools == [2]  # one worker: drawn here
+    monkeypatch.undo()
+    pngs = sorted((tmp_path / "alone" / "plots").glob("*.png"))
+    assert len(pngs) >= 4 and [p.name for p in pngs] == \
+        sorted(p.name for p in (tmp_path / "shared" / "plots").glob("*.png"))
+    for p in pngs:
+        assert p.read_bytes() == (tmp_path / "shared" / "plots" / p.name).read_bytes()
+
+    def no_fork(method):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(pipeline.multiprocessing, "get_context", no_fork)
+    jobs = [pipeline.FigureJob(noise_plot, ("x", []), tmp_path / "f" / f"n{i}")
+            for i in range(4)]
+    monkeypatch.setattr(pipeline.FigureJob, "draw", lambda self, formats: [self.stem])
+    assert pipeline.draw_all(jobs, ("png",)) == [[j.stem] for j in jobs]
