@@ -102,6 +102,14 @@ def test_sweep_time_accounts_for_every_run(tmp_path):
     assert "augmentation=none,mixup,smoothing" not in report["command"]  # the axis replaced
 
 
+def test_sweep_time_takes_a_studys_own_grid():
+    from src.tools.sweep_time import GRID, sweep_args
+
+    study = ["+experiment=quickstart", "model=mlp", "hydra/launcher=basic"]
+    assert sweep_args(study) == study
+    assert sweep_args(["model=mlp"]) == [*GRID, "model=mlp"]
+
+
 def test_sweep_time_counts_seeds_trained_together_once(tmp_path):
     from src.tools.sweep_time import account
 

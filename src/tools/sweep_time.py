@@ -3,6 +3,7 @@
     python -m src.tools.sweep_time                          # 24 one-epoch digits runs
     python -m src.tools.sweep_time trainer.epochs=15  # any override; a grid axis replaces ours
     python -m src.tools.sweep_time "trainer.parallel_seeds=[0,1,2]" trainer.seed=0
+    python -m src.tools.sweep_time +experiment=quickstart model=mlp hydra/launcher=basic
 
 It runs `python -m src.train -m GRID OVERRIDES` in a new process with Hydra's default launcher
 (one process, jobs one after another), writing into a temporary folder (or `--dir`), and times
@@ -13,7 +14,9 @@ noise injection, logging and writing. It then reads every run's results.json and
 
 The grid, unless an override names the same key: `augmentation=none,mixup,smoothing,
 mixup_smoothing noise=none,symmetric trainer.seed=0,1,2 trainer.epochs=1` on the default
-dataset (digits) and model (cnn): 4 x 2 x 3 = 24 runs.
+dataset (digits) and model (cnn): 4 x 2 x 3 = 24 runs. A study (`+experiment=NAME`) runs its
+own grid and launcher (`hydra/launcher=basic` or `batched` replaces the launcher), so the
+same study under two launchers is two commands, side by side.
 
 Printed, and written as JSON to `--out` (default outputs/bench/sweep_time.json): `command`
 (the sweep's), `runs` (results found), `completed`, `wall_s`, `train_s`, `eval_s`,
@@ -40,8 +43,11 @@ GRID = ["augmentation=none,mixup,smoothing,mixup_smoothing", "noise=none,symmetr
 
 
 def sweep_args(overrides: list[str]) -> list[str]:
-    """The grid with each axis an override names replaced by that override."""
+    """The grid with each axis an override names replaced by that override; a study
+    (`+experiment=NAME`) brings its own grid, and takes none of ours."""
     named = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if "experiment" in named:
+        return list(overrides)
     return [g for g in GRID if g.split("=", 1)[0] not in named] + list(overrides)
 
 
