@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import pickle
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,25 +126,39 @@ class FigureJob:
 def draw_all(figures: list[FigureJob], formats: tuple[str, ...]) -> list[list[Path]]:
     """Each figure's files, in order. Drawing and PNG encoding are CPU-bound Python (about
     0.3 s a figure at 200 dpi), so they are shared among the cores this process may use,
-    each figure drawn whole in a forked worker. The workers ignore the stop signals, and
-    this process notes one (src.run.signals): a SIGTERM to the job lets the figures finish
-    (a second or two), then stops the analysis as it would have after a figure of its own.
-    Where forking is not available, or a worker dies, they are drawn one after another."""
+    each figure drawn whole in a forked worker. The workers ignore the stop signals; this
+    process notes one (src.run.signals), cancels the figures not started, waits for those
+    being drawn (a fraction of a second) and stops the analysis as it would have after a
+    figure of its own. Where forking is not available, or the pool fails (a worker dies, an
+    argument cannot be sent), the figures are drawn here one after another: an error of a
+    figure itself then shows as it would have."""
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                   else os.cpu_count() or 1, len(figures) // 2, MAX_FIGURE_WORKERS)
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         try:
-            # A signal meanwhile is noted, not raised inside the pool's own machinery.
-            with SIGNALS.deferred(), ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("fork"),
-                    initializer=_ignore_stop_signals) as pool:
-                drawn = list(pool.map(functools.partial(FigureJob.draw, formats=formats),
-                                      figures))
-            SIGNALS.raise_if_requested()
-            return drawn
-        except (OSError, BrokenProcessPool, pickle.PicklingError) as err:
+            return _draw_in_workers(figures, formats, workers)
+        except (OSError, BrokenProcessPool, pickle.PicklingError, AttributeError,
+                TypeError) as err:
+            SIGNALS.raise_if_requested()  # a stop noted before the pool failed
             print(f"figures drawn one after another ({type(err).__name__}: {err})")
     return [f.draw(formats) for f in figures]
+
+
+def _draw_in_workers(figures: list[FigureJob], formats: tuple[str, ...],
+                     workers: int) -> list[list[Path]]:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_ignore_stop_signals)
+    try:
+        # A signal meanwhile is noted (not raised inside the pool's machinery), and polled.
+        with SIGNALS.deferred():
+            futures = [pool.submit(f.draw, formats) for f in figures]
+            pending = set(futures)
+            while pending and not SIGNALS():
+                _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        SIGNALS.raise_if_requested()
+        return [f.result() for f in futures]
+    finally:  # stopped, or failed: the figures not started are not drawn
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ignore_stop_signals() -> None:

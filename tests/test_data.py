@@ -157,8 +157,14 @@ def test_digits_come_from_the_users_cache_as_scikit_learn_splits_them(tmp_path, 
         assert np.array_equal(z["y_train"], want.y_train)
 
 
-def test_the_digits_cache_is_keyed_by_scikit_learn_numpy_and_the_file(monkeypatch):
+def test_the_digits_cache_is_keyed_by_versions_the_file_and_the_split(monkeypatch):
+    mine = data.digits_cache_file()
     monkeypatch.setattr(np, "__version__", "0.0.0")
-    other = data.digits_cache_file()
+    assert data.digits_cache_file() != mine
     monkeypatch.undo()
-    assert other is not None and other != data.digits_cache_file()
+
+    def split_otherwise():  # another test size: other arrays, so another file
+        return None
+
+    monkeypatch.setattr(data, "_split_digits", split_otherwise)
+    assert data.digits_cache_file() not in (None, mine)

@@ -398,8 +398,41 @@ def test_figures_drawn_by_several_workers_are_the_ones_drawn_alone(tmp_path, mon
     def no_fork(method):
         raise OSError("no processes here")
 
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(pipeline.multiprocessing, "get_context", no_fork)
-    jobs = [pipeline.FigureJob(noise_plot, ("x", []), tmp_path / "f" / f"n{i}")
+    jobs = [pipeline.FigureJob(_mark, (i, -1, str(tmp_path / "marks")), tmp_path / f"n{i}")
             for i in range(4)]
-    monkeypatch.setattr(pipeline.FigureJob, "draw", lambda self, formats: [self.stem])
-    assert pipeline.draw_all(jobs, ("png",)) == [[j.stem] for j in jobs]
+    (tmp_path / "marks").mkdir()
+    assert pipeline.draw_all(jobs, ("png",)) == [[]] * 4
+    assert sorted(p.name for p in (tmp_path / "marks").iterdir()) == ["0", "1", "2", "3"]
+
+
+def _mark(i: int, parent: int, folder: str) -> None:
+    """A figure that marks that it was drawn (the first one also signals `parent`)."""
+    import os
+    import signal
+    import time
+
+    Path(folder, str(i)).touch()
+    if i == 0 and parent > 0:
+        os.kill(parent, signal.SIGTERM)
+    time.sleep(0.3)
+
+
+def test_a_stop_while_workers_draw_cancels_the_figures_not_started(tmp_path, monkeypatch):
+    """SIGTERM while forked workers draw: the figures being drawn finish, the others are
+    never started, and the analysis stops as the signal policy says (Stopped)."""
+    import os
+
+    from src.run.signals import SIGNALS, Stopped
+
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    jobs = [pipeline.FigureJob(_mark, (i, os.getpid(), str(tmp_path)), tmp_path / f"f{i}")
+            for i in range(20)]
+    SIGNALS.install()
+    try:
+        with pytest.raises(Stopped):
+            pipeline.draw_all(jobs, ("png",))
+    finally:
+        SIGNALS.restore()
+    assert 1 <= len(list(tmp_path.iterdir())) <= 6  # of 20: the rest were cancelled

@@ -109,6 +109,9 @@ def test_stacked_evaluation_shares_the_eval_batch_among_members():
     got = tr.predict(data.test.x)
     assert sizes == [8] * 5  # 24 images per forward in all: 8 for each of the 3 members
     torch.testing.assert_close(got, whole.predict(data.test.x), rtol=1e-5, atol=1e-6)
+    # The vmapped call gives each member's own logits: those it gives evaluated alone.
+    whole.member_by_member = True
+    torch.testing.assert_close(got, whole.predict(data.test.x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model", [CNN, {"name": "mlp", "hidden_sizes": [16], "dropout": 0.0}])

@@ -43,8 +43,13 @@ def test_a_plan_counts_the_runs_a_sweep_would_skip(tmp_path):
     results.write_text(json.dumps({**record, "config_fingerprint": "0" * 16}))
     plan = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true"], tmp_path)
     assert "finished already: 3 of 8" in plan.stdout, plan.stdout
-    assert "held by a finished run of another configuration: 1 of 8" in plan.stdout
+    assert "held by a run of another configuration: 1 of 8" in plan.stdout
     assert "to run: 4" in plan.stdout
+    # skip_completed=false trains every run again, finished or not.
+    plan = run_module([*GRID, f"hydra.sweep.dir={out}", "plan=true", "skip_completed=false"],
+                      tmp_path)
+    assert "to run: 8" in plan.stdout and "another configuration" not in plan.stdout
+    assert "skip_completed=false trains every run again" in plan.stdout
 
 
 def test_a_single_run_plan_leaves_no_folder(tmp_path):

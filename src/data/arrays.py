@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -115,8 +116,9 @@ def _load_uncached(cfg: Mapping[str, Any]) -> Arrays:
 
 def _digits_key() -> str | None:
     """What the digits' split depends on, without importing scikit-learn (about 1.1 s of a
-    process's start on 2 cores): its version, numpy's (the split's random draws) and the
-    content of the bundled file. None when the file cannot be found (no cache then)."""
+    process's start on 2 cores): its version, numpy's (the split's random draws), the
+    content of the bundled file and the source of the split. None when the file cannot be
+    found (no cache then)."""
     import hashlib
     import importlib.metadata
     import importlib.util
@@ -127,7 +129,11 @@ def _digits_key() -> str | None:
              if p.is_file()]
     if not found:
         return None
-    digest = hashlib.sha256(found[0].read_bytes()).hexdigest()[:16]
+    import inspect
+
+    # The file and the code that splits it (test size, seed, pixel scaling) are both content.
+    content = found[0].read_bytes() + inspect.getsource(_split_digits).encode()
+    digest = hashlib.sha256(content).hexdigest()[:16]
     return f"{importlib.metadata.version('scikit-learn')}-{np.__version__}-{digest}"
 
 
@@ -155,7 +161,7 @@ def _load_digits() -> Arrays:
         try:
             with np.load(cached) as z:
                 return Arrays(*(z[k] for k in SPLITS), source=DIGITS_SOURCE)
-        except (OSError, KeyError, ValueError):
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             pass  # unreadable: made again below, and replaced
     arrays = _split_digits()
     if cached is not None:

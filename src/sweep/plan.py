@@ -6,8 +6,9 @@ A study prints the same plan before it trains (`plan: before` in conf/study/defa
 
 It prints the grid (each swept key and its values), the number of runs, how many of them are
 already finished in their folders (a results.json that says completed or diverged, of the
-job's own configuration: the sweep skips those; a finished run of another configuration is
-counted apart, as the sweep refuses its folder), and an estimate of the time the rest would take.
+job's own configuration: the sweep skips those; a run of another configuration is counted
+apart, as the sweep refuses its folder; with skip_completed=false every run is to run),
+and an estimate of the time the rest would take.
 
 The estimate is measured, not guessed: for each distinct setting of everything but the
 replicate and batchable keys (src.config), one job is composed, its model takes a few training
@@ -80,13 +81,13 @@ def job_folder(cfg: DictConfig, parsed: list[Override], seed: Any) -> Path:
     return Path(str(cfg.hydra.sweep.dir)) / dirname / f"seed={seed}"
 
 
-def finished(folder: Path) -> dict[str, Any] | None:
-    """The results of a run in the folder that ended (completed or diverged); None if none."""
+def recorded(folder: Path) -> dict[str, Any] | None:
+    """The results.json of a run in the folder, whatever its status; None if there is none."""
     try:
         done = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    return done if isinstance(done, dict) and done.get("status") in FINAL else None
+    return done if isinstance(done, dict) else None
 
 
 def split_sizes(ds: DictConfig) -> tuple[int, int]:
@@ -147,30 +148,39 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
     costs: dict[tuple[str, ...], Estimate] = {}
     left: Counter[tuple[str, ...]] = Counter()
     done = other = 0
+    skip = bool(master.get("skip_completed", True))
     for overrides in jobs:
         key = setting_key(overrides)
-        cfg = compose(overrides)
-        composed.setdefault(key, cfg)
+        if key not in composed:
+            composed[key] = compose(overrides)
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
-        seed = values.get(SEED_FOLDER_KEY, cfg.trainer.seed)
-        results = finished(job_folder(master, parser.parse_overrides(list(overrides)), seed))
-        if results is None:
+        seed = values.get(SEED_FOLDER_KEY, composed[key].trainer.seed)
+        folder = job_folder(master, parser.parse_overrides(list(overrides)), seed)
+        results = recorded(folder) if skip else None  # skip_completed=false: all trained
+        # As src.run.preflight.completed_results: a run of this job's config that ended is
+        # skipped, one that did not is resumed; a run of another config is refused.
+        mine = None if results is None else _fingerprint(fingerprint, compose(overrides))
+        if results is None or mine is None:  # nothing there, or a job that will say why
             left[key] += 1
-        elif results.get("config_fingerprint") == _fingerprint(fingerprint, cfg):
-            done += 1
-        else:  # the sweep refuses such a folder (src.run.preflight.completed_results)
+        elif results.get("config_fingerprint") != mine:
             other += 1
+        elif results.get("status") in FINAL:
+            done += 1
+        else:
+            left[key] += 1
     for key in left:
         costs[key] = estimate(composed[key])
     total = sum(costs[k].run_s * n for k, n in left.items())
     lines = [f"Plan of {master.get('task_name', 'the sweep')}: {len(jobs)} runs into "
              f"{master.hydra.sweep.dir}", "grid:"]
     lines += [f"  {key}: {', '.join(values)} ({len(values)})" for key, values in axes(params)]
-    lines.append(f"finished already: {done} of {len(jobs)} (skipped when it runs)")
+    lines.append(f"finished already: {done} of {len(jobs)} (skipped when it runs)" if skip
+                 else "finished runs are not counted: skip_completed=false trains every run "
+                      "again, replacing what its folder holds")
     if other:
-        lines.append(f"held by a finished run of another configuration: {other} of "
-                     f"{len(jobs)} (refused when it runs: skip_completed=false trains them "
-                     "again, or choose another sweep folder)")
+        lines.append(f"held by a run of another configuration: {other} of {len(jobs)} (the "
+                     "sweep refuses these folders and keeps them; choose another sweep folder, "
+                     "or skip_completed=false, which trains every run of the sweep again)")
     if left:
         lines.append(f"to run: {sum(left.values())}, estimated {duration(total)} one at a time "
                      f"on this machine ({torch.get_num_threads()} threads):")

@@ -5,11 +5,12 @@
     python -m src.tools.sweep_time "trainer.parallel_seeds=[0,1,2]" trainer.seed=0
     python -m src.tools.sweep_time +experiment=quickstart model=mlp hydra/launcher=basic
 
-It runs `python -m src.train -m GRID OVERRIDES` in a new process with Hydra's default launcher
-(one process, jobs one after another), writing into a temporary folder (or `--dir`), and times
-that process from the outside, so the wall time holds everything a researcher waits for:
-interpreter start-up, imports, Hydra's composition of every job, data loading, validation,
-noise injection, logging and writing. It then reads every run's results.json and sums
+It runs `python -m src.train -m GRID OVERRIDES` in a new process, with Hydra's default launcher
+(one process, jobs one after another) unless the overrides or a study name another, writing
+into a temporary folder (or `--dir`), and times that process from the outside, so the wall
+time holds everything a researcher waits for: interpreter start-up, imports, Hydra's
+composition of every job, a study's plan, data loading, validation, noise injection, logging,
+writing and a study's analysis. It then reads every run's results.json and sums
 `train_time_s` and `eval_time_s` (seeds trained together share theirs: counted once per job).
 
 The grid, unless an override names the same key: `augmentation=none,mixup,smoothing,

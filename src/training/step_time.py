@@ -42,14 +42,15 @@ def step_seconds(cfg: DictConfig, batch: int, device: str | None = None,
     batch size, and of an evaluated image (forwards of up to 256 images; nan unless
     `forward`), on random images of its dataset's shape, eager and in fp32 (compiled or bf16
     runs are faster), on the GPU when there is one. Timed once per process for a model,
-    image shape, class count, batch size, evaluation batch and device."""
+    image shape, class count, batch size, evaluation batch, device and thread count."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and
                                      str(cfg.trainer.device) != "cpu" else "cpu"))
     shape = tuple(int(v) for v in cfg.dataset.image_shape)
     k = int(cfg.dataset.num_classes)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     eval_batch = min(int(cfg.trainer.eval_batch_size), 256)
-    key = (repr(sorted(model_cfg.items())), shape, k, int(batch), eval_batch, str(device))
+    key = (repr(sorted(model_cfg.items())), shape, k, int(batch), eval_batch, str(device),
+           torch.get_num_threads())
     known = _TIMED.get(key)
     if known is None or (forward and math.isnan(known[1])):
         known = _TIMED[key] = _timed(model_cfg, shape, k, batch, eval_batch, device, forward)
