@@ -146,26 +146,36 @@ def draw_all(figures: list[FigureJob], formats: tuple[str, ...]) -> list[list[Pa
 
 def _draw_in_workers(figures: list[FigureJob], formats: tuple[str, ...],
                      workers: int) -> list[list[Path]]:
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_ignore_stop_signals)
-    try:
-        # A signal meanwhile is noted (not raised inside the pool's machinery), and polled.
-        with SIGNALS.deferred():
+    # A signal while the pool works, or shuts down, is noted and polled, never raised inside
+    # the pool's machinery: an interrupted shutdown would leave its workers waiting forever.
+    with SIGNALS.deferred():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_setup)
+        try:
             futures = [pool.submit(f.draw, formats) for f in figures]
             pending = set(futures)
             while pending and not SIGNALS():
                 _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-        SIGNALS.raise_if_requested()
-        return [f.result() for f in futures]
-    finally:  # stopped, or failed: the figures not started are not drawn
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # stopped, or failed: the figures not started are not drawn
+            pool.shutdown(wait=True, cancel_futures=True)
+    SIGNALS.raise_if_requested()
+    return [f.result() for f in futures]
 
 
-def _ignore_stop_signals() -> None:
+def _worker_setup() -> None:
+    """A figure worker leaves the stop signals to the analysing process, and ends with it
+    whatever ends it (Linux's parent-death signal)."""
     for signum in HANDLED:
         signal.signal(signum, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown ends it
+        pass
 
 
+PR_SET_PDEATHSIG = 1
 MAX_FIGURE_WORKERS = 4
 
 
