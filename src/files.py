@@ -49,6 +49,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(clean_json(obj), indent=2) + "\n"), fsync=True)
 
 
+def user_cache_dir() -> Path:
+    """The suite's folder in the user's cache: `$XDG_CACHE_HOME/lsmix`, else `~/.cache/lsmix`
+    (the environment, the digits' split, the registries of running jobs and GPU claims)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsmix"
+
+
 def read_json(path: str | Path) -> dict[str, Any] | None:
     """The JSON object in `path`, or None when it is missing or unreadable."""
     try:

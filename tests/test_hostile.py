@@ -292,47 +292,42 @@ def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_any_job_runs(tmp_path
     assert not any((tmp_path / "sweep").rglob("results.json"))
 
 
-def test_sweep_validation_composes_once_per_distinct_value():
+def composed_by_the_sweep_check(batch: list[list[str]]) -> list[list[str]]:
+    """The jobs the up-front sweep check composes for `batch` (a loader that records them)."""
     from src.sweep.validation import validate_distinct_overrides
 
-    class Loader:
-        calls: list[list[str]] = []
+    calls: list[list[str]] = []
 
+    class Loader:
         def load_sweep_config(self, master_config, sweep_overrides):
-            self.calls.append(sweep_overrides)
+            calls.append(sweep_overrides)
 
     class Sweeper:
         hydra_context, config, config_loader = None, None, Loader()
 
+    validate_distinct_overrides(Sweeper(), batch)
+    return calls
+
+
+def test_sweep_validation_composes_once_per_distinct_value():
     batch = [[f"a={a}", f"b={b}", f"seed={s}"] for a in range(3) for b in range(2)
              for s in range(5)]
-    validate_distinct_overrides(Sweeper(), batch)
-    assert len(Loader.calls) < len(batch) and len(Loader.calls) <= 3 + 2 + 5
-    tried = {o for call in Loader.calls for o in call}
+    calls = composed_by_the_sweep_check(batch)
+    assert len(calls) < len(batch) and len(calls) <= 3 + 2 + 5
+    tried = {o for call in calls for o in call}
     assert tried == {o for job in batch for o in job}  # every value composed at least once
 
 
 def test_sweep_validation_fills_in_replicate_and_batchable_values_without_composing():
     """Another seed, alpha or eps of a key the first job sets composes as the first job
     (src.sweep.compose): only the first job and the other keys' values are composed."""
-    from src.sweep.validation import validate_distinct_overrides
-
-    class Loader:
-        calls: list[list[str]] = []
-
-        def load_sweep_config(self, master_config, sweep_overrides):
-            self.calls.append(sweep_overrides)
-
-    class Sweeper:
-        hydra_context, config, config_loader = None, None, Loader()
-
     batch = [[f"augmentation.smoothing={e}", f"noise.rate={r}", f"model={m}",
               f"trainer.seed={s}"]
              for e in (0, 0.1, 0.2) for r in (0, 0.4) for m in ("cnn", "mlp") for s in range(4)]
-    validate_distinct_overrides(Sweeper(), batch)
-    assert len(Loader.calls) == 3  # the first job, noise.rate=0.4, model=mlp
-    assert Loader.calls[0] == batch[0]
-    assert {o for c in Loader.calls[1:] for o in c} >= {"noise.rate=0.4", "model=mlp"}
+    calls = composed_by_the_sweep_check(batch)
+    assert len(calls) == 3  # the first job, noise.rate=0.4, model=mlp
+    assert calls[0] == batch[0]
+    assert {o for c in calls[1:] for o in c} >= {"noise.rate=0.4", "model=mlp"}
 
 
 @pytest.mark.parametrize("args", [["trainer.lrr=0.1"], ["augmentation=nosuch"],

@@ -140,13 +140,10 @@ def _digits_key() -> str | None:
 def digits_cache_file() -> Path | None:
     """The digits' split as last computed with this scikit-learn, numpy and file, kept in
     the user's cache (`$XDG_CACHE_HOME/lsmix`, else `~/.cache/lsmix`); None without a key."""
-    import os
+    from src.files import user_cache_dir
 
     key = _digits_key()
-    if key is None:
-        return None
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsmix"
-    return root / f"digits-{key}.npz"
+    return None if key is None else user_cache_dir() / f"digits-{key}.npz"
 
 
 def _load_digits() -> Arrays:

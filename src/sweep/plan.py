@@ -41,7 +41,6 @@ from src.config import SEED_FOLDER_KEY
 from src.sweep.compose import JobComposer, setting_key
 from src.training.step_time import step_seconds
 
-FINAL = ("completed", "diverged")  # what a sweep skips (src.run.preflight.completed_results)
 # One run's start-up in a sweep process (compose, records, model, first evaluation), measured
 # on a 2-core CPU for the small models; large models' start-up is inside their step time.
 STARTUP_S = 1.5
@@ -140,7 +139,7 @@ def duration(seconds: float) -> str:
 def describe(loader: Any, master: DictConfig, params: Sequence[Override],
              jobs: Sequence[Sequence[str]], then_train: bool = False) -> str:
     """The plan of a sweep: its grid, its runs, the finished ones and the time left."""
-    from src.run.identity import fingerprint
+    from src.run.preflight import FINAL  # what a sweep skips (completed_results)
 
     parser = OverridesParser.create()
     compose = JobComposer(loader, master)  # one Hydra composition per setting
@@ -159,7 +158,7 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
         results = recorded(folder) if skip else None  # skip_completed=false: all trained
         # As src.run.preflight.completed_results: a run of this job's config that ended is
         # skipped, one that did not is resumed; a run of another config is refused.
-        mine = None if results is None else _fingerprint(fingerprint, compose(overrides))
+        mine = None if results is None else _fingerprint(compose(overrides))
         if results is None or mine is None:  # nothing there, or a job that will say why
             left[key] += 1
         elif results.get("config_fingerprint") != mine:
@@ -196,9 +195,11 @@ def describe(loader: Any, master: DictConfig, params: Sequence[Override],
     return "\n".join(lines)
 
 
-def _fingerprint(fingerprint: Any, cfg: DictConfig) -> str | None:
+def _fingerprint(cfg: DictConfig) -> str | None:
     """The job's fingerprint as its run computes it; None where it cannot be computed here
     (the job reports why when it runs)."""
+    from src.run.identity import fingerprint
+
     try:
         return fingerprint(cfg)
     except Exception:  # noqa: BLE001  (a plan never stops on what the job will report)

@@ -49,13 +49,13 @@ def validate_distinct_overrides(self: Sweeper, batch: Sequence[Sequence[str]]) -
         new = [o for o in overrides if o not in seen]
         if not new:
             continue
+        is_first = not seen
+        seen.update(overrides)
         # Another value of a replicate or batchable key the first job sets composes as the
         # first job does, the value put in (src.sweep.compose): nothing to check.
-        if seen and all(plain_value(o) and o.key_or_group in first_keys
-                        for o in parser.parse_overrides(new)):
-            seen.update(overrides)
+        if not is_first and all(plain_value(o) and o.key_or_group in first_keys
+                                for o in parser.parse_overrides(new)):
             continue
-        seen.update(overrides)
         # The first job's overrides with this job's new values in place of theirs.
         keys = {o.split("=", 1)[0] for o in new}
         trial = [o for o in first if o.split("=", 1)[0] not in keys] + new

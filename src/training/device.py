@@ -24,6 +24,7 @@ import torch
 
 from src.config.options import AMP_CHOICES
 from src.errors import ConfigError
+from src.files import user_cache_dir
 from src.training.threads import pid_alive
 
 
@@ -51,9 +52,7 @@ class Execution:
 
 
 # Which GPU each of the suite's processes on this machine took (see the module docstring).
-GPU_CLAIMS = Path(os.environ.get("LSMIX_GPU_CLAIMS_DIR") or
-                  Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsmix"
-                  / "gpus")
+GPU_CLAIMS = Path(os.environ.get("LSMIX_GPU_CLAIMS_DIR") or user_cache_dir() / "gpus")
 _process_gpu: int | None = None  # the GPU this process took
 
 

@@ -27,9 +27,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-RUNNING = Path(os.environ.get("LSMIX_RUNNING_DIR") or
-               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsmix"
-               / "running")
+from src.files import user_cache_dir
+
+RUNNING = Path(os.environ.get("LSMIX_RUNNING_DIR") or user_cache_dir() / "running")
 
 
 def usable_cores() -> int:
